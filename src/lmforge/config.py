@@ -1,0 +1,312 @@
+"""Typed params: every key of params.yaml is declared, loaded and validated here.
+
+The loader is strict (unknown, missing or mistyped keys fail with the key's dotted
+name) so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from lmforge.errors import ConfigError
+
+TASKS = ("classification", "ner", "qa")
+
+
+@dataclass
+class SplitPaths:
+    train: str
+    validation: str
+
+
+@dataclass
+class TablePaths(SplitPaths):
+    text_column: str = "text"
+    label_column: str = "label"
+
+
+@dataclass
+class LocalData:
+    corpus: SplitPaths
+    classification: TablePaths
+    ner: SplitPaths
+    qa: SplitPaths
+
+
+@dataclass
+class HubDataset:
+    """A dataset on the Hugging Face hub, read with `datasets.load_dataset`."""
+
+    name: str
+    config: str | None = None
+    train_split: str = "train"
+    validation_split: str = "validation"
+    text_column: str = "text"
+    label_column: str = "label"
+
+
+@dataclass
+class HubData:
+    corpus: HubDataset
+    classification: HubDataset
+    ner: HubDataset
+    qa: HubDataset
+
+
+@dataclass
+class SampleData:
+    """Sizes of the generated sample data (source: sample)."""
+
+    classification_examples: int = 1200
+    ner_sentences: int = 1200
+    qa_examples: int = 800
+    validation_fraction: float = 0.2
+
+
+@dataclass
+class DataConfig:
+    source: Literal["sample", "local", "hf"]
+    sample: SampleData
+    local: LocalData
+    hf: HubData
+    # Add the training text of the three tasks to the pretraining corpus
+    # (in-domain pretraining; the unlabelled corpus alone is small).
+    corpus_includes_task_text: bool = True
+
+
+@dataclass
+class TokenizeConfig:
+    vocab_size: int = 8000
+    min_frequency: int = 2
+    lowercase: bool = True
+
+
+@dataclass
+class ModelConfig:
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    max_seq_len: int
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+
+
+@dataclass
+class EngineConfig:
+    """What every DeepSpeed run (pretrain and each fine-tune) is configured by."""
+
+    micro_batch_size: int
+    grad_accum: int
+    lr: float
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    grad_clip: float = 1.0
+    zero_stage: int = 0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # Path to a DeepSpeed JSON whose keys override the config built from params.
+    deepspeed_config: str | None = None
+
+
+@dataclass
+class PretrainConfig(EngineConfig):
+    max_steps: int = 200
+    num_procs: int = 1
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    eval_every: int = 100
+    mlm_probability: float = 0.15
+    whole_word_masking: bool = False
+
+
+@dataclass
+class TaskTrainConfig(EngineConfig):
+    init: Literal["pretrained", "random"] = "pretrained"
+    epochs: float = 3.0
+    max_seq_len: int = 128
+
+
+@dataclass
+class QaTrainConfig(TaskTrainConfig):
+    doc_stride: int = 32
+    max_answer_len: int = 30
+
+
+@dataclass
+class FinetuneConfig:
+    classification: TaskTrainConfig
+    ner: TaskTrainConfig
+    qa: QaTrainConfig
+
+
+@dataclass
+class CompressConfig:
+    quantize: bool = True
+    per_channel: bool = False
+    reduce_range: bool = False
+    optimize_graph: bool = True
+    parity_tolerance: float = 1e-4
+    latency_runs: int = 50
+    opset: int = 17
+
+
+@dataclass
+class Params:
+    seed: int
+    data: DataConfig
+    tokenize: TokenizeConfig
+    model: ModelConfig
+    pretrain: PretrainConfig
+    finetune: FinetuneConfig
+    compress: CompressConfig = field(default_factory=CompressConfig)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; raise ConfigError naming the bad key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    params = from_dict(Params, raw, "")
+    validate(params)
+    return params
+
+
+def from_dict(cls: type, raw: Any, where: str) -> Any:
+    """Build dataclass `cls` from a mapping, checking every key and type."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'params'} must be a mapping, got {_kind(raw)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {_join(where, unknown[0])} (expected one of: {', '.join(fields)})"
+        )
+    values = {}
+    for name, f in fields.items():
+        key = _join(where, name)
+        if name in raw:
+            values[name] = _coerce(hints[name], raw[name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"missing key {key}")
+    return cls(**values)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        inner = [o for o in options if o is not type(None)]
+        return _coerce(inner[0], value, key)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        # YAML 1.1 reads `6e-4` (no dot) as a string; accept any number-shaped string.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp} for {key}")
+
+
+def validate(p: Params) -> None:
+    """Range checks that types alone cannot express."""
+    m = p.model
+    _check(m.hidden_size > 0, "model.hidden_size must be positive")
+    _check(m.num_layers > 0, "model.num_layers must be positive")
+    _check(
+        m.num_heads > 0 and m.hidden_size % m.num_heads == 0,
+        f"model.hidden_size ({m.hidden_size}) must be divisible by model.num_heads ({m.num_heads})",
+    )
+    _check(m.max_seq_len >= 16, f"model.max_seq_len must be at least 16, got {m.max_seq_len}")
+    _check(p.tokenize.vocab_size >= 100, "tokenize.vocab_size must be at least 100")
+    validate_engine(p.pretrain, "pretrain")
+    _check(p.pretrain.max_steps > 0, "pretrain.max_steps must be positive")
+    _check(p.pretrain.num_procs >= 1, "pretrain.num_procs must be at least 1")
+    _check(p.pretrain.checkpoint_every > 0, "pretrain.checkpoint_every must be positive")
+    _check(p.pretrain.keep_checkpoints >= 1, "pretrain.keep_checkpoints must be at least 1")
+    _check(p.pretrain.eval_every > 0, "pretrain.eval_every must be positive")
+    _check(0 < p.pretrain.mlm_probability < 1, "pretrain.mlm_probability must be between 0 and 1")
+    for task in TASKS:
+        cfg: TaskTrainConfig = getattr(p.finetune, task)
+        where = f"finetune.{task}"
+        validate_engine(cfg, where)
+        _check(cfg.epochs > 0, f"{where}.epochs must be positive")
+        _check(
+            16 <= cfg.max_seq_len <= m.max_seq_len,
+            f"{where}.max_seq_len must be between 16 and model.max_seq_len "
+            f"({m.max_seq_len}, the model's positions), got {cfg.max_seq_len}",
+        )
+    qa = p.finetune.qa
+    _check(
+        0 < qa.doc_stride < qa.max_seq_len // 2,
+        f"finetune.qa.doc_stride must be between 1 and half of finetune.qa.max_seq_len, got {qa.doc_stride}",
+    )
+    _check(qa.max_answer_len > 0, "finetune.qa.max_answer_len must be positive")
+    _check(p.compress.latency_runs >= 5, "compress.latency_runs must be at least 5")
+
+
+def validate_engine(cfg: EngineConfig, where: str) -> None:
+    _check(
+        cfg.micro_batch_size > 0,
+        f"{where}.micro_batch_size must be positive, got {cfg.micro_batch_size}",
+    )
+    _check(cfg.grad_accum > 0, f"{where}.grad_accum must be positive, got {cfg.grad_accum}")
+    _check(cfg.lr > 0, f"{where}.lr must be positive, got {cfg.lr}")
+    _check(cfg.weight_decay >= 0, f"{where}.weight_decay must be >= 0")
+    _check(0 <= cfg.warmup_ratio < 1, f"{where}.warmup_ratio must be in [0, 1)")
+    _check(cfg.grad_clip >= 0, f"{where}.grad_clip must be >= 0 (0 disables clipping)")
+    _check(cfg.zero_stage in (0, 1, 2, 3), f"{where}.zero_stage must be 0-3, got {cfg.zero_stage}")
+    if cfg.deepspeed_config is not None:
+        _check(
+            Path(cfg.deepspeed_config).is_file(),
+            f"{where}.deepspeed_config: file not found: {cfg.deepspeed_config}",
+        )
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _kind(value: Any) -> str:
+    return type(value).__name__ if value is not None else "nothing"

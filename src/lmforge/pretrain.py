@@ -1,0 +1,215 @@
+"""Masked-language-model pretraining of a BERT encoder on packed token blocks."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmforge.artifacts import copy_files, publish_dir, sha256_file
+from lmforge.config import ModelConfig, PretrainConfig
+from lmforge.engine import (
+    CheckpointSettings,
+    EngineSettings,
+    StepBatches,
+    Trainer,
+    fingerprint,
+    init_distributed,
+    load_override,
+    to_tensors,
+)
+from lmforge.errors import ConfigError
+from lmforge.modeling import bert_config, masked_lm
+from lmforge.tasks.base import IGNORE_INDEX
+from lmforge.tokenizer import SPECIAL_TOKENS, load_tokenizer
+
+log = logging.getLogger("lmforge.pretrain")
+
+# Settings that change how often things happen, not what is trained: a run may resume
+# from checkpoints written under other values of these.
+_SCHEDULING_ONLY = ("checkpoint_every", "keep_checkpoints", "eval_every")
+
+
+@dataclass
+class MlmMasking:
+    """BERT masking (80% [MASK], 10% random, 10% kept), seeded by (seed, step).
+
+    With `continuation` (True for "##" pieces) whole words are masked together.
+    """
+
+    mask_id: int
+    vocab_size: int
+    special_ids: np.ndarray
+    probability: float
+    seed: int
+    continuation: np.ndarray | None = None
+
+    def __call__(self, batch: dict, step: int) -> dict:
+        ids = batch["input_ids"].astype(np.int64)
+        rng = np.random.default_rng([self.seed, step])
+        draw = rng.random(ids.shape)
+        if self.continuation is not None:
+            draw = _share_with_word(draw, self.continuation[ids])
+        candidates = ~np.isin(ids, self.special_ids)
+        selected = candidates & (draw < self.probability)
+        labels = np.where(selected, ids, IGNORE_INDEX)
+        action = rng.random(ids.shape)
+        masked = ids.copy()
+        masked[selected & (action < 0.8)] = self.mask_id
+        randomize = selected & (action >= 0.8) & (action < 0.9)
+        masked[randomize] = rng.integers(len(self.special_ids), self.vocab_size, randomize.sum())
+        return {
+            "input_ids": masked,
+            "attention_mask": np.ones_like(ids),
+            "token_type_ids": np.zeros_like(ids),
+            "labels": labels,
+        }
+
+
+def _share_with_word(draw: np.ndarray, is_continuation: np.ndarray) -> np.ndarray:
+    """Give every "##" piece the random draw of the word-initial token before it."""
+    positions = np.arange(draw.shape[1])[None, :].repeat(len(draw), 0)
+    heads = np.where(is_continuation, 0, positions)
+    heads = np.maximum.accumulate(heads, axis=1)
+    return np.take_along_axis(draw, heads, axis=1)
+
+
+def build_masking(tokenizer, cfg: PretrainConfig, seed: int) -> MlmMasking:
+    vocab = tokenizer.get_vocab()
+    continuation = None
+    if cfg.whole_word_masking:
+        continuation = np.zeros(tokenizer.get_vocab_size(), dtype=bool)
+        for token, index in vocab.items():
+            continuation[index] = token.startswith("##")
+    return MlmMasking(
+        mask_id=vocab["[MASK]"],
+        vocab_size=tokenizer.get_vocab_size(),
+        special_ids=np.array([vocab[t] for t in SPECIAL_TOKENS]),
+        probability=cfg.mlm_probability,
+        seed=seed,
+        continuation=continuation,
+    )
+
+
+def engine_settings(cfg, total_steps: int, seed: int, where: str) -> EngineSettings:
+    """Plain engine arguments from any params group that extends EngineConfig."""
+    return EngineSettings(
+        micro_batch_size=cfg.micro_batch_size,
+        grad_accum=cfg.grad_accum,
+        lr=cfg.lr,
+        total_steps=total_steps,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=int(cfg.warmup_ratio * total_steps),
+        schedule=cfg.schedule,
+        grad_clip=cfg.grad_clip,
+        zero_stage=cfg.zero_stage,
+        precision=cfg.precision,
+        seed=seed,
+        deepspeed_override=load_override(cfg.deepspeed_config, where),
+        where=where,
+    )
+
+
+def run_pretrain(
+    cfg: PretrainConfig,
+    model_cfg: ModelConfig,
+    seed: int,
+    tokenizer_dir: Path,
+    tokens_dir: Path,
+    checkpoint_dir: Path,
+    out_dir: Path,
+    curve_path: Path | None = None,
+) -> dict:
+    """Train, evaluate and save the encoder; returns metrics/pretrain.json's content."""
+    rank, world = init_distributed()
+    train = np.load(tokens_dir / "train.npy")
+    validation = np.load(tokens_dir / "validation.npy")
+    if train.shape[1] != model_cfg.max_seq_len:
+        raise ConfigError(
+            f"{tokens_dir}/train.npy holds blocks of {train.shape[1]} tokens but "
+            f"model.max_seq_len is {model_cfg.max_seq_len}; re-run the tokenize stage"
+        )
+    tokenizer = load_tokenizer(tokenizer_dir)
+    masking = build_masking(tokenizer, cfg, seed)
+    settings = engine_settings(cfg, cfg.max_steps, seed, "pretrain")
+    global_batch = cfg.micro_batch_size * cfg.grad_accum * world
+    batches = StepBatches({"input_ids": train}, global_batch, seed, masking)
+    torch.manual_seed(seed)  # identical initial weights on every rank and every run
+    model = masked_lm(bert_config(model_cfg, tokenizer.get_vocab_size()))
+    run_identity = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _SCHEDULING_ONLY}
+    checkpoint = CheckpointSettings(
+        directory=checkpoint_dir,
+        every=cfg.checkpoint_every,
+        keep=cfg.keep_checkpoints,
+        fingerprint=fingerprint(
+            run_identity, model_cfg, seed, world, sha256_file(tokens_dir / "train.npy")
+        ),
+    )
+    evaluator = MlmEvaluator(
+        validation, build_masking(tokenizer, cfg, seed + 1), cfg.micro_batch_size
+    )
+    trainer = Trainer(
+        model,
+        settings,
+        batches,
+        checkpoint=checkpoint,
+        evaluate=evaluator,
+        eval_every=cfg.eval_every,
+        curve_path=curve_path,
+    )
+    result = trainer.fit()
+    final_eval = result.evals[-1] if result.evals else evaluator(trainer)
+    save_encoder(trainer, tokenizer_dir, out_dir, rank)
+    return {
+        "eval_loss": final_eval["eval_loss"],
+        "eval_perplexity": final_eval["eval_perplexity"],
+        "tokens_per_second": round(result.tokens_per_second, 1),
+        "steps": result.steps,
+        "train_loss": result.final_loss,
+        "resumed_from_step": result.resumed_from,
+        "ranks": world,
+    }
+
+
+class MlmEvaluator:
+    """Masked-LM loss over held-out blocks, fixed masking, shared out over the ranks."""
+
+    def __init__(self, blocks: np.ndarray, masking: MlmMasking, batch_size: int):
+        self.blocks = blocks
+        self.masking = masking
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def __call__(self, trainer: Trainer) -> dict:
+        trainer.engine.eval()
+        loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of token losses, masked tokens)
+        for index, start in enumerate(range(0, len(self.blocks), self.batch_size)):
+            if index % trainer.world != trainer.rank:
+                continue
+            batch = self.masking({"input_ids": self.blocks[start : start + self.batch_size]}, index)
+            tensors = {k: v.to(trainer.device) for k, v in to_tensors(batch).items()}
+            masked = int((tensors["labels"] != IGNORE_INDEX).sum())
+            if masked:
+                loss_sum += torch.tensor([float(trainer.engine(**tensors).loss) * masked, masked])
+        if trainer.world > 1:
+            torch.distributed.all_reduce(loss_sum)
+        loss = float(loss_sum[0] / max(loss_sum[1], 1))
+        return {"eval_loss": round(loss, 5), "eval_perplexity": round(math.exp(min(loss, 50)), 3)}
+
+
+def save_encoder(trainer: Trainer, tokenizer_dir: Path, out_dir: Path, rank: int) -> None:
+    """Consolidated model + tokenizer, published atomically (rank 0 writes)."""
+    staging = out_dir.with_name(f".{out_dir.name}.partial")
+    if rank == 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    trainer.save_pretrained(staging)
+    if rank == 0:
+        copy_files(tokenizer_dir, staging)
+        publish_dir(staging, out_dir)

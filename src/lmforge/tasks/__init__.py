@@ -1,0 +1,1 @@
+"""Task registry: classification, NER and QA share one interface (see base.py)."""

@@ -1,0 +1,201 @@
+"""Extractive QA: answer spans in a context read in overlapping windows; SQuAD EM/F1.
+
+The same `best_answers` picks spans for evaluation and for the service, with
+character offsets into the original context.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import string
+from collections.abc import Sequence
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from lmforge.data.records import QaExample
+from lmforge.tasks.base import Features, Task, encode_batch, pad_id, softmax, to_arrays
+
+
+class QaTask(Task):
+    name = "qa"
+    metric_name = "f1"
+    auto_model = "AutoModelForQuestionAnswering"
+    output_names = ("start_logits", "end_logits")
+
+    def label_list(self, train_examples: Sequence[QaExample]) -> list[str]:
+        return []
+
+    def encode(
+        self, tokenizer, examples, labels, *, max_seq_len: int, doc_stride: int, **_
+    ) -> Features:
+        features = encode_pairs(
+            tokenizer,
+            [ex.question for ex in examples],
+            [ex.context for ex in examples],
+            max_seq_len,
+            doc_stride,
+        )
+        starts, ends = [], []
+        for row, example_index in enumerate(features.meta["example_index"]):
+            ex = examples[example_index]
+            span = (0, 0)  # unanswerable, or the answer lies outside this window: [CLS]
+            if ex.answer_texts:
+                first = ex.answer_starts[0]
+                span = token_span(
+                    features.meta["offsets"][row], first, first + len(ex.answer_texts[0])
+                )
+            starts.append(span[0])
+            ends.append(span[1])
+        features.targets["start_positions"] = np.array(starts, np.int64)
+        features.targets["end_positions"] = np.array(ends, np.int64)
+        return features
+
+    def evaluate(
+        self, outputs, features, examples, labels, *, max_answer_len: int = 30, **_
+    ) -> dict[str, float]:
+        allow_null = any(not ex.answer_texts for ex in examples)
+        answers = best_answers(
+            outputs["start_logits"],
+            outputs["end_logits"],
+            features,
+            [ex.context for ex in examples],
+            max_answer_len,
+            allow_null=allow_null,
+        )
+        return squad_scores([a["answer"] for a in answers], [ex.answer_texts for ex in examples])
+
+
+def encode_pairs(
+    tokenizer: Tokenizer,
+    questions: list[str],
+    contexts: list[str],
+    max_seq_len: int,
+    doc_stride: int,
+) -> Features:
+    """One feature per context window; meta maps each back to its example and characters."""
+    encodings = encode_batch(
+        tokenizer,
+        list(zip(questions, contexts, strict=True)),
+        max_seq_len,
+        stride=doc_stride,
+        only_second=True,
+    )
+    windows, example_index = [], []
+    for i, enc in enumerate(encodings):
+        for window in [enc, *enc.overflowing]:
+            windows.append(window)
+            example_index.append(i)
+    inputs = to_arrays(windows, pad_id(tokenizer), max_seq_len)
+    offsets = np.full((len(windows), max_seq_len, 2), -1, dtype=np.int64)
+    for row, window in enumerate(windows):
+        for pos, seq in enumerate(window.sequence_ids):
+            if seq == 1:  # context tokens only: the answer can never be in the question
+                offsets[row, pos] = window.offsets[pos]
+    meta = {"example_index": np.array(example_index, np.int64), "offsets": offsets}
+    return Features(inputs=inputs, meta=meta)
+
+
+def token_span(offsets: np.ndarray, char_start: int, char_end: int) -> tuple[int, int]:
+    """Token positions covering [char_start, char_end) in this window, or (0, 0)."""
+    in_context = offsets[:, 0] >= 0
+    if not in_context.any():
+        return (0, 0)
+    positions = np.flatnonzero(in_context)
+    if offsets[positions[0], 0] > char_start or offsets[positions[-1], 1] < char_end:
+        return (0, 0)
+    start = positions[offsets[positions, 0] <= char_start][-1]
+    end = positions[offsets[positions, 1] >= char_end][0]
+    return (int(start), int(end))
+
+
+def best_answers(
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    features: Features,
+    contexts: list[str],
+    max_answer_len: int,
+    *,
+    allow_null: bool = False,
+    n_best: int = 20,
+) -> list[dict]:
+    """The highest-scoring span per example across all of its windows.
+
+    Score = start logit + end logit (as in the reference SQuAD scripts); the reported
+    score is the span's probability within its window. With `allow_null` (SQuAD v2) an
+    example answers "" when the [CLS] score beats every span.
+    """
+    offsets = features.meta["offsets"]
+    best: dict[int, dict] = {}
+    null_score: dict[int, float] = {}
+    for row, example in enumerate(features.meta["example_index"].tolist()):
+        s_logits, e_logits = start_logits[row], end_logits[row]
+        null = float(s_logits[0] + e_logits[0])
+        null_score[example] = max(null_score.get(example, -np.inf), null)
+        s_probs, e_probs = softmax(s_logits), softmax(e_logits)
+        for s in np.argsort(s_logits)[::-1][:n_best]:
+            if offsets[row, s, 0] < 0:
+                continue
+            for e in np.argsort(e_logits)[::-1][:n_best]:
+                if offsets[row, e, 0] < 0 or e < s or e - s + 1 > max_answer_len:
+                    continue
+                score = float(s_logits[s] + e_logits[e])
+                if example not in best or score > best[example]["logit"]:
+                    start, end = int(offsets[row, s, 0]), int(offsets[row, e, 1])
+                    best[example] = {
+                        "logit": score,
+                        "start": start,
+                        "end": end,
+                        "score": float(s_probs[s] * e_probs[e]),
+                    }
+    results = []
+    for example, context in enumerate(contexts):
+        span = best.get(example)
+        if span is None or (allow_null and null_score[example] > span["logit"]):
+            results.append({"answer": "", "start": 0, "end": 0, "score": 0.0})
+        else:
+            text = context[span["start"] : span["end"]]
+            results.append(
+                {"answer": text, "start": span["start"], "end": span["end"], "score": span["score"]}
+            )
+    return results
+
+
+# --- SQuAD v1.1/v2.0 official metric definitions -------------------------------------
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, drop punctuation and articles, collapse whitespace (SQuAD's rule)."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, truth: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(truth))
+
+
+def f1(prediction: str, truth: str) -> float:
+    pred_tokens = normalize_answer(prediction).split()
+    true_tokens = normalize_answer(truth).split()
+    if not pred_tokens or not true_tokens:  # v2: unanswerable matches only an empty answer
+        return float(pred_tokens == true_tokens)
+    common = collections.Counter(pred_tokens) & collections.Counter(true_tokens)
+    overlap = sum(common.values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(pred_tokens), overlap / len(true_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_scores(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
+    """Mean over questions of the best EM and F1 against any reference answer."""
+    em = f1_total = 0.0
+    for prediction, truths in zip(predictions, references, strict=True):
+        truths = truths or [""]
+        em += max(exact_match(prediction, t) for t in truths)
+        f1_total += max(f1(prediction, t) for t in truths)
+    n = max(len(predictions), 1)
+    return {"exact_match": em / n, "f1": f1_total / n}

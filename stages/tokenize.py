@@ -1,0 +1,32 @@
+"""Stage tokenize: train the WordPiece tokenizer and pack the corpus into token blocks."""
+
+import argparse
+from pathlib import Path
+
+from lmforge.data.prepare import read_prepared_corpus
+
+from lmforge.config import load_params
+from lmforge.stage import log, run_stage
+from lmforge.tokenizer import run_tokenize
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--prepared", type=Path, default=Path("data/prepared"))
+    parser.add_argument("--tokenizer", type=Path, default=Path("artifacts/tokenizer"))
+    parser.add_argument("--tokens", type=Path, default=Path("data/tokens"))
+    args = parser.parse_args()
+    params = load_params()
+    corpus = {
+        split: read_prepared_corpus(args.prepared, split) for split in ("train", "validation")
+    }
+    t = params.tokenize
+    summary = run_tokenize(
+        corpus, t.vocab_size, t.min_frequency, t.lowercase, params.model.max_seq_len,
+        args.tokenizer, args.tokens,
+    )  # fmt: skip
+    log.info("tokenized %s", summary)
+
+
+if __name__ == "__main__":
+    run_stage(main)
