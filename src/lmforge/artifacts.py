@@ -17,7 +17,8 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside `target`; on success it replaces `target` whole."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the artifact is an ordinary folder
     try:
         yield tmp
         publish_dir(tmp, target)

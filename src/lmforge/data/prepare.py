@@ -1,0 +1,156 @@
+"""The prepare step: read the configured source, validate it, write canonical files atomically.
+
+Later stages read only what this writes, through `read_prepared` and `read_prepared_corpus`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from lmforge.artifacts import atomic_dir
+from lmforge.config import TASKS, DataConfig, LocalData
+from lmforge.data.conll import read_conll
+from lmforge.data.hub import hub_source, load_hub
+from lmforge.data.records import RECORD_TYPES, Example, to_json
+from lmforge.data.sample import write_sample_data
+from lmforge.data.squad import read_squad
+from lmforge.data.tabular import read_classification
+from lmforge.data.text import read_corpus
+from lmforge.errors import DataError
+
+SPLITS = ("train", "validation")
+PARTS = ("corpus", *TASKS)
+# {"corpus": {"train": [str, ...], ...}, "classification": {"train": [Example, ...], ...}, ...}
+DataSplits = dict[str, dict[str, list]]
+
+
+def prepare(cfg: DataConfig, seed: int, out_dir: str | Path, raw_dir: str | Path) -> dict:
+    """Read, validate and write every split of the corpus and the three tasks; return the summary."""
+    data, origins = load_source(cfg, seed, Path(raw_dir))
+    check(data, origins)
+    task_docs = task_text(data) if cfg.corpus_includes_task_text else []
+    data["corpus"]["train"] = data["corpus"]["train"] + task_docs
+    summary = {
+        "source": cfg.source,
+        "inputs": origins,
+        "counts": {
+            name: {split: len(rows) for split, rows in splits.items()}
+            for name, splits in data.items()
+        },
+        "labels": {task: labels(task, data[task]["train"]) for task in ("classification", "ner")},
+        "corpus_task_text_documents": len(task_docs),
+    }
+    _write_atomically(Path(out_dir), data, summary)
+    return summary
+
+
+def load_source(cfg: DataConfig, seed: int, raw_dir: Path) -> tuple[DataSplits, dict]:
+    """The data of `cfg.source` and, with the same shape, where each split came from."""
+    if cfg.source == "hf":
+        origins = {
+            name: {s: hub_source(getattr(cfg.hf, name), s) for s in SPLITS} for name in PARTS
+        }
+        return load_hub(cfg.hf), origins
+    local = write_sample_data(raw_dir, cfg.sample, seed) if cfg.source == "sample" else cfg.local
+    origins = {name: {s: str(getattr(getattr(local, name), s)) for s in SPLITS} for name in PARTS}
+    return read_local(local), origins
+
+
+def read_local(local: LocalData) -> DataSplits:
+    """Every split of the local files, each through its format's reader."""
+    table = local.classification
+    return {
+        "corpus": {s: read_corpus(getattr(local.corpus, s)) for s in SPLITS},
+        "classification": {
+            s: read_classification(getattr(table, s), table.text_column, table.label_column)
+            for s in SPLITS
+        },
+        "ner": {s: read_conll(getattr(local.ner, s)) for s in SPLITS},
+        "qa": {s: read_squad(getattr(local.qa, s)) for s in SPLITS},
+    }
+
+
+def check(data: DataSplits, origins: dict) -> None:
+    """Every split has data; validation labels all occur in training (a model can predict them)."""
+    for name, splits in data.items():
+        for split, rows in splits.items():
+            if not rows:
+                raise DataError(origins[name][split], f"the {name} {split} split is empty")
+    for task in ("classification", "ner"):
+        known = set(labels(task, data[task]["train"]))
+        unseen = [label for label in labels(task, data[task]["validation"]) if label not in known]
+        if unseen:
+            raise DataError(
+                origins[task]["validation"],
+                f"label {unseen[0]!r} does not occur in the training data "
+                f"({origins[task]['train']}, labels: {', '.join(sorted(known))})",
+            )
+
+
+def labels(task: str, examples: list[Example]) -> list[str]:
+    """Label set of classification or NER examples; NER as O, then B-/I- per entity type."""
+    if task == "classification":
+        return sorted({e.label for e in examples})
+    tags = {tag for e in examples for tag in e.tags}
+    return sorted(tags, key=lambda t: (t != "O", t[2:], t[:2]))
+
+
+def task_text(data: DataSplits) -> list[str]:
+    """Training text of the tasks as corpus documents: in-domain text for pretraining."""
+    texts = [e.text for e in data["classification"]["train"]]
+    texts += [" ".join(e.tokens) for e in data["ner"]["train"]]
+    # Many questions share a context; one copy of each is enough.
+    texts += dict.fromkeys(e.context for e in data["qa"]["train"])
+    return texts
+
+
+def _write_atomically(out_dir: Path, data: DataSplits, summary: dict) -> None:
+    # Written next to out_dir and renamed into place: a killed run never leaves it half-written.
+    with atomic_dir(out_dir) as tmp:
+        for split in SPLITS:
+            _write_lines(tmp / "corpus" / f"{split}.txt", map(_one_line, data["corpus"][split]))
+            for task in TASKS:
+                rows = (json.dumps(to_json(e), ensure_ascii=False) for e in data[task][split])
+                _write_lines(tmp / task / f"{split}.jsonl", rows)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+
+def _write_lines(path: Path, lines: Iterable[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="\n") as f:
+        for line in lines:
+            f.write(line + "\n")
+
+
+def _one_line(doc: str) -> str:
+    return re.sub(r"\s*[\r\n]+\s*", " ", doc).strip()
+
+
+def read_prepared(out_dir: str | Path, task: str, split: str) -> list[Example]:
+    """Examples of one task and split, as `prepare` wrote them."""
+    if task not in RECORD_TYPES:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(RECORD_TYPES)}")
+    path = Path(out_dir) / task / f"{split}.jsonl"
+    record = RECORD_TYPES[task]
+    examples = []
+    for number, line in enumerate(_prepared_lines(path), start=1):
+        try:
+            examples.append(record(**json.loads(line)))
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise DataError(path, f"not a prepared {task} record ({exc})", number) from None
+    return examples
+
+
+def read_prepared_corpus(out_dir: str | Path, split: str) -> list[str]:
+    """Documents of one corpus split, one per line as `prepare` wrote them."""
+    return _prepared_lines(Path(out_dir) / "corpus" / f"{split}.txt")
+
+
+def _prepared_lines(path: Path) -> list[str]:
+    if not path.is_file():
+        raise DataError(path, "not found; run the prepare stage first")
+    # split("\n"), not splitlines(): text may hold other Unicode line separators.
+    return [line for line in path.read_text(encoding="utf-8").split("\n") if line]
