@@ -34,6 +34,7 @@ if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
     os.environ["DS_ACCELERATOR"] = "cpu"
 
 from lmforge.errors import ConfigError, TrainingError
+from lmforge.tasks.base import trim_padding
 
 log = logging.getLogger("lmforge.engine")
 
@@ -259,20 +260,6 @@ class StepBatches:
             chunk = {k: v[start : start + micro] for k, v in batch.items()}
             chunks.append(to_tensors(trim_padding(chunk)))
         return chunks
-
-
-def trim_padding(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Cut the columns past the longest row: attention over padding is wasted work."""
-    mask = batch.get("attention_mask")
-    if mask is None:
-        return batch
-    seq = mask.shape[1]
-    longest = int(mask.sum(axis=1).max()) if len(mask) else seq
-    if longest >= seq:
-        return batch
-    return {
-        k: (v[:, :longest] if v.ndim >= 2 and v.shape[1] == seq else v) for k, v in batch.items()
-    }
 
 
 def to_tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

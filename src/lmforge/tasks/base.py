@@ -93,6 +93,21 @@ def to_arrays(encodings: Sequence[Encoding], pad_id: int, length: int | None = N
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
+def trim_padding(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Cut the columns that are padding in every row: attention over them is wasted work.
+
+    Arrays shaped [rows, seq] (inputs, token labels) are cut; others are left as they are.
+    """
+    mask = batch["attention_mask"]
+    seq = mask.shape[1]
+    longest = max(int(mask.sum(axis=1).max()), 1) if len(mask) else seq
+    if longest >= seq:
+        return batch
+    return {
+        k: (v[:, :longest] if v.ndim >= 2 and v.shape[1] == seq else v) for k, v in batch.items()
+    }
+
+
 def pad_id(tokenizer: Tokenizer) -> int:
     token_id = tokenizer.token_to_id("[PAD]")
     return 0 if token_id is None else token_id

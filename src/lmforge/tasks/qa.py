@@ -74,7 +74,12 @@ def encode_pairs(
     max_seq_len: int,
     doc_stride: int,
 ) -> Features:
-    """One feature per context window; meta maps each back to its example and characters."""
+    """One feature per context window; meta maps each back to its example and characters.
+
+    Questions over `max_question_tokens` are clipped: `tokenizers` cannot stride a
+    context that a long question leaves no more than `doc_stride` tokens of room for.
+    """
+    questions = clip_questions(tokenizer, questions, max_question_tokens(max_seq_len, doc_stride))
     encodings = encode_batch(
         tokenizer,
         list(zip(questions, contexts, strict=True)),
@@ -95,6 +100,23 @@ def encode_pairs(
                 offsets[row, pos] = window.offsets[pos]
     meta = {"example_index": np.array(example_index, np.int64), "offsets": offsets}
     return Features(inputs=inputs, meta=meta)
+
+
+def max_question_tokens(max_seq_len: int, doc_stride: int) -> int:
+    """Longest question (in tokens) that still leaves each window more context than stride."""
+    return (max_seq_len - 3 - doc_stride) // 2
+
+
+def clip_questions(tokenizer: Tokenizer, questions: list[str], max_tokens: int) -> list[str]:
+    tokenizer.no_truncation()
+    clipped = []
+    for question, enc in zip(
+        questions, tokenizer.encode_batch(questions, add_special_tokens=False), strict=True
+    ):
+        clipped.append(
+            question[: enc.offsets[max_tokens][0]] if len(enc.ids) > max_tokens else question
+        )
+    return clipped
 
 
 def token_span(offsets: np.ndarray, char_start: int, char_end: int) -> tuple[int, int]:

@@ -1,0 +1,155 @@
+"""Micro-batching: concurrent requests share one onnxruntime call, results match unbatched ones,
+a full queue is a 503, and closing the batcher finishes what was queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from serve.metrics import Metrics
+from serve.runtime import MicroBatcher, Unavailable
+
+TEXTS = [
+    "Short.",
+    "A somewhat longer sentence about the quick brown fox.",
+    "Alice Smith flew to Paris and met Bob in Berlin last year, or so the story goes.",
+    "Mid length text here.",
+    "The treasure is buried under the old oak tree near the river.",
+    "Ünïcödé café naïve résumé déjà vu.",
+    "Where is the treasure?",
+    "Filler words make a long context that spans many windows of the model.",
+]
+
+
+def batch_stats(client, task: str) -> tuple[float, float]:
+    """(number of inference calls, items in them) from the lmforge_batch_size histogram."""
+    samples = {
+        s.name: s.value
+        for family in text_string_to_metric_families(client.get("/metrics").text)
+        for s in family.samples
+        if s.labels.get("task") == task
+    }
+    return samples["lmforge_batch_size_count"], samples["lmforge_batch_size_sum"]
+
+
+def without_scores(value, scores: list):
+    """`value` minus its "score" fields, which go to `scores`: labels and spans compare exactly."""
+    if isinstance(value, list):
+        return [without_scores(v, scores) for v in value]
+    if isinstance(value, dict):
+        if "score" in value:
+            scores.append(value["score"])
+        return {k: without_scores(v, scores) for k, v in value.items() if k != "score"}
+    return value
+
+
+def concurrently(client, route: str, bodies: list[dict]) -> list:
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(lambda body: client.post(route, json=body), bodies))
+
+
+# Dynamic int8 quantization (the classification fixture) picks activation scales per call,
+# so batch companions move its scores slightly; the fp32 NER model must match to 1e-5.
+@pytest.mark.parametrize(("task", "tolerance"), [("classification", 1e-3), ("ner", 1e-5)])
+def test_concurrent_requests_share_a_batch(serving_dir, start_service, client, task, tolerance):
+    route = f"/v1/{'classify' if task == 'classification' else task}"
+    with start_service(serving_dir, tasks=task, batch_wait_ms=300) as batched:
+        responses = concurrently(batched, route, [{"texts": [t]} for t in TEXTS])
+        calls, items = batch_stats(batched, task)
+    assert [r.status_code for r in responses] == [200] * len(TEXTS)
+    assert items == len(TEXTS)
+    assert calls < len(TEXTS)  # with a 300 ms window, typically a single call
+    # Padding to the longest text in the batch must not change any result.
+    for text, response in zip(TEXTS, responses, strict=True):
+        alone = client.post(route, json={"texts": [text]}).json()["results"][0]
+        batched_scores, alone_scores = [], []
+        assert without_scores(response.json()["results"][0], batched_scores) == without_scores(
+            alone, alone_scores
+        )
+        assert batched_scores == pytest.approx(alone_scores, abs=tolerance)
+
+
+def test_full_queue_is_503_with_retry_after(serving_dir, start_service):
+    settings = {"tasks": "classification", "batch_wait_ms": 500, "max_items": 1}
+    with start_service(serving_dir, max_queue_items=2, **settings) as c:
+        responses = concurrently(c, "/v1/classify", [{"texts": [t]} for t in TEXTS[:3]])
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200, 200, 503]
+    (refused,) = [r for r in responses if r.status_code == 503]
+    assert refused.json()["error"]["code"] == "overloaded"
+    assert refused.headers["retry-after"] == "1"
+
+
+def run_batcher(predict, scenario, max_wait_s: float = 0.05):
+    async def main():
+        batcher = MicroBatcher(
+            "test", predict, max_wait_s=max_wait_s, max_items=8, max_queue=100, metrics=Metrics()
+        )
+        return await scenario(batcher)
+
+    return asyncio.run(main())
+
+
+def test_close_finishes_queued_requests_then_refuses_new_ones():
+    calls = []
+
+    def predict(items):
+        calls.append(len(items))
+        time.sleep(0.05)
+        return [item * 2 for item in items]
+
+    async def scenario(batcher):
+        pending = [asyncio.create_task(batcher.submit([i, i + 1])) for i in range(0, 20, 2)]
+        await asyncio.sleep(0)  # let every submit enqueue
+        await batcher.close()
+        with pytest.raises(Unavailable, match="shutting down"):
+            await batcher.submit([1])
+        return [task.result() for task in pending]
+
+    results = run_batcher(predict, scenario, max_wait_s=10.0)  # close must not wait 10 s
+    assert results == [[2 * i, 2 * i + 2] for i in range(0, 20, 2)]
+    assert calls == [8, 8, 4]  # whole requests, at most max_items per call
+
+
+def test_a_failing_batch_fails_its_requests_and_the_worker_goes_on():
+    class Panic(BaseException):  # what tokenizers raises for a Rust panic
+        pass
+
+    def predict(items):
+        if "boom" in items:
+            raise Panic("boom")
+        return items
+
+    async def scenario(batcher):
+        bad = asyncio.create_task(batcher.submit(["boom"]))
+        with pytest.raises(RuntimeError, match="test inference failed"):
+            await bad
+        good = await batcher.submit(["fine"])
+        await batcher.close()
+        return good
+
+    assert run_batcher(predict, scenario) == ["fine"]
+
+
+def test_a_request_that_gave_up_is_skipped():
+    seen = []
+
+    def predict(items):
+        seen.extend(items)
+        return items
+
+    async def scenario(batcher):
+        gone = asyncio.create_task(batcher.submit(["gone"]))
+        await asyncio.sleep(0)
+        gone.cancel()
+        kept = await batcher.submit(["kept"])
+        await batcher.close()
+        return kept
+
+    assert run_batcher(predict, scenario) == ["kept"]
+    assert seen == ["kept"]
