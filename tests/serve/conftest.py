@@ -17,14 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-
 from fastapi.testclient import TestClient
 
 from lmforge.tokenizer import train_tokenizer
 from serve.app import create_app
 from serve.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 CORPUS = [
     "Alice Smith flew to Paris and met Bob in Berlin last year.",
