@@ -125,6 +125,8 @@ class PretrainConfig(EngineConfig):
     eval_every: int = 100
     mlm_probability: float = 0.15
     whole_word_masking: bool = False
+    # ALBERT-style sentence-order prediction beside MLM: trains [CLS] and the pooler.
+    sentence_order: bool = True
 
 
 @dataclass
@@ -156,6 +158,12 @@ class CompressConfig:
     parity_tolerance: float = 1e-4
     latency_runs: int = 50
     opset: int = 17
+    # Try every int8 format (U8S8/U8U8, per-tensor/per-channel, reduce_range) and keep
+    # the fastest one within max_metric_drop; false: only per_channel/reduce_range above.
+    quant_search: bool = True
+    # Largest drop of the task metric (a fraction) the int8 model may have against fp32;
+    # beyond it, the nodes whose quantization hurts most stay in fp32.
+    max_metric_drop: float = 0.01
 
 
 @dataclass

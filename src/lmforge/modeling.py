@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import transformers
-from transformers import BertConfig, BertForMaskedLM, PreTrainedModel
-from transformers.modeling_outputs import MaskedLMOutput
+from transformers import BertConfig, BertForPreTraining, PreTrainedModel
+from transformers.utils import ModelOutput
 
 from lmforge.config import ModelConfig
 
@@ -28,7 +30,7 @@ def bert_config(model: ModelConfig, vocab_size: int, **extra) -> BertConfig:
 
 
 def masked_lm(config: BertConfig) -> MaskedPositionsMlm:
-    return MaskedPositionsMlm(BertForMaskedLM(config))
+    return MaskedPositionsMlm(BertForPreTraining(config))
 
 
 def task_model(
@@ -52,23 +54,38 @@ def task_model(
     return auto_class.from_config(config)
 
 
-class MaskedPositionsMlm(torch.nn.Module):
-    """Trains a BertForMaskedLM computing vocabulary logits only at masked positions.
+@dataclass
+class PretrainOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    mlm_loss: torch.Tensor | None = None
+    order_loss: torch.Tensor | None = None
 
-    The vocabulary projection is the largest matmul of a small BERT; applying it to the
-    ~15% of positions that carry a label gives the same loss for far less work.
-    `hf_model` is what gets saved.
+
+class MaskedPositionsMlm(torch.nn.Module):
+    """Pretraining loss of a BertForPreTraining: masked LM (+ sentence order when labelled).
+
+    Vocabulary logits are computed only at masked positions: the vocabulary projection
+    is the largest matmul of a small BERT, and the ~15% of positions that carry a label
+    give the same loss for far less work. `hf_model` is what gets saved.
     """
 
-    def __init__(self, hf_model: BertForMaskedLM):
+    def __init__(self, hf_model: BertForPreTraining):
         super().__init__()
         self.hf_model = hf_model
 
-    def forward(self, input_ids, attention_mask, token_type_ids, labels) -> MaskedLMOutput:
-        hidden = self.hf_model.bert(
+    def forward(
+        self, input_ids, attention_mask, token_type_ids, labels, sentence_order_label=None
+    ) -> PretrainOutput:
+        hidden, pooled = self.hf_model.bert(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        ).last_hidden_state
+        )[:2]
+        heads = self.hf_model.cls
         selected = labels != -100
-        logits = self.hf_model.cls(hidden[selected])
-        loss = torch.nn.functional.cross_entropy(logits, labels[selected])
-        return MaskedLMOutput(loss=loss)
+        mlm_logits = heads.predictions(hidden[selected])
+        mlm_loss = F.cross_entropy(mlm_logits, labels[selected])
+        if sentence_order_label is None:
+            return PretrainOutput(loss=mlm_loss, mlm_loss=mlm_loss)
+        # Sentence order (ALBERT's SOP) trains [CLS] and the pooler, which MLM never
+        # touches: without it a classifier must learn to pool from scratch.
+        order_loss = F.cross_entropy(heads.seq_relationship(pooled), sentence_order_label)
+        return PretrainOutput(loss=mlm_loss + order_loss, mlm_loss=mlm_loss, order_loss=order_loss)

@@ -49,10 +49,15 @@ class MlmMasking:
     probability: float
     seed: int
     continuation: np.ndarray | None = None
+    sep_id: int | None = None  # set: also build sentence-order pairs (see split_segments)
 
     def __call__(self, batch: dict, step: int) -> dict:
         ids = batch["input_ids"].astype(np.int64)
         rng = np.random.default_rng([self.seed, step])
+        extra = {}
+        if self.sep_id is not None:
+            ids, token_types, order = split_segments(ids, self.sep_id, rng)
+            extra = {"token_type_ids": token_types, "sentence_order_label": order}
         draw = rng.random(ids.shape)
         if self.continuation is not None:
             draw = _share_with_word(draw, self.continuation[ids])
@@ -69,7 +74,29 @@ class MlmMasking:
             "attention_mask": np.ones_like(ids),
             "token_type_ids": np.zeros_like(ids),
             "labels": labels,
+            **extra,
         }
+
+
+def split_segments(ids: np.ndarray, sep_id: int, rng: np.random.Generator) -> tuple:
+    """[CLS] text [SEP] -> [CLS] A [SEP] B [SEP], with A and B swapped in half the rows.
+
+    The cut falls at a random point in the middle half of the block; the label says
+    whether the two segments were swapped (ALBERT's sentence-order prediction).
+    """
+    rows, length = ids.shape
+    body = ids[:, 1:-2]  # one token gives way to the separator between the segments
+    cuts = rng.integers(body.shape[1] // 4, 3 * body.shape[1] // 4 + 1, rows)
+    swapped = rng.random(rows) < 0.5
+    out = np.empty_like(ids)
+    types = np.zeros_like(ids)
+    for row in range(rows):
+        first, second = body[row, : cuts[row]], body[row, cuts[row] :]
+        if swapped[row]:
+            first, second = second, first
+        out[row] = np.concatenate([ids[row, :1], first, [sep_id], second, [sep_id]])
+        types[row, len(first) + 2 :] = 1
+    return out, types, swapped.astype(np.int64)
 
 
 def _share_with_word(draw: np.ndarray, is_continuation: np.ndarray) -> np.ndarray:
@@ -94,6 +121,7 @@ def build_masking(tokenizer, cfg: PretrainConfig, seed: int) -> MlmMasking:
         probability=cfg.mlm_probability,
         seed=seed,
         continuation=continuation,
+        sep_id=vocab["[SEP]"] if cfg.sentence_order else None,
     )
 
 
@@ -196,7 +224,8 @@ class MlmEvaluator:
             tensors = {k: v.to(trainer.device) for k, v in to_tensors(batch).items()}
             masked = int((tensors["labels"] != IGNORE_INDEX).sum())
             if masked:
-                loss_sum += torch.tensor([float(trainer.engine(**tensors).loss) * masked, masked])
+                mlm_loss = trainer.engine(**tensors).mlm_loss  # perplexity is of the MLM alone
+                loss_sum += torch.tensor([float(mlm_loss) * masked, masked])
         if trainer.world > 1:
             torch.distributed.all_reduce(loss_sum)
         loss = float(loss_sum[0] / max(loss_sum[1], 1))
