@@ -1,0 +1,78 @@
+"""Shared fixtures: repo paths, a params factory, and a tiny tokenized corpus."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# A model small enough that a DeepSpeed run of a dozen steps takes seconds.
+TINY_MODEL = {
+    "hidden_size": 32,
+    "num_layers": 1,
+    "num_heads": 2,
+    "intermediate_size": 64,
+    "max_seq_len": 32,
+    "dropout": 0.0,
+    "attention_dropout": 0.0,
+}
+
+
+def default_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture
+def write_params():
+    """Write params.yaml into a folder: the defaults with overrides merged in."""
+
+    def write(folder: Path, override: dict) -> Path:
+        path = Path(folder) / "params.yaml"
+        path.write_text(yaml.safe_dump(merge(default_params(), override)))
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus_dirs(tmp_path_factory) -> Path:
+    """artifacts/tokenizer and data/tokens (blocks of 32) built from Python's own docs."""
+    import pydoc_data.topics
+
+    from lmforge.tokenizer import run_tokenize
+
+    root = tmp_path_factory.mktemp("corpus")
+    docs = [p for text in pydoc_data.topics.topics.values() for p in text.split("\n\n")]
+    docs = [d for d in docs if d.strip()][:600]
+    run_tokenize(
+        {"train": docs[:540], "validation": docs[540:]},
+        vocab_size=800, min_frequency=2, lowercase=True, block_len=32,
+        tokenizer_dir=root / "artifacts" / "tokenizer", tokens_dir=root / "data" / "tokens",
+    )  # fmt: skip
+    return root
+
+
+@pytest.fixture
+def stage_env() -> dict:
+    """Environment for running `python -m stages.X` from a scratch folder."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["DS_ACCELERATOR"] = "cpu"
+    env.pop("RANK", None)
+    return env
