@@ -1,0 +1,124 @@
+"""The params loader is strict, and params.yaml, dvc.yaml and the config classes agree."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+import yaml
+from conftest import REPO, default_params, merge
+
+from lmforge.config import HubDataset, Params, load_params
+from lmforge.errors import ConfigError
+
+
+def load(tmp_path, override: dict, drop: str | None = None) -> Params:
+    raw = merge(default_params(), override)
+    if drop:
+        *parents, last = drop.split(".")
+        node = raw
+        for key in parents:
+            node = node[key]
+        del node[last]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_params(path)
+
+
+def test_default_params_load():
+    params = load_params(REPO / "params.yaml")
+    assert params.data.source == "sample"
+    assert params.pretrain.precision == "auto"
+
+
+@pytest.mark.parametrize(
+    ("override", "drop", "message"),
+    [
+        ({"pretrain": {"zero_stage": 5}}, None, "pretrain.zero_stage must be 0-3, got 5"),
+        ({"pretrain": {"micro_batch_size": 0}}, None, "pretrain.micro_batch_size must be positive"),
+        ({"pretrain": {"lr": "fast"}}, None, "pretrain.lr must be a number"),
+        ({"pretrain": {"max_stepz": 3}}, None, "unknown key pretrain.max_stepz"),
+        ({}, "model.hidden_size", "missing key model.hidden_size"),
+        ({"model": {"num_layers": 2.5}}, None, "model.num_layers must be an integer"),
+        ({"data": {"source": "s3"}}, None, "data.source must be one of sample, local, hf"),
+        ({"pretrain": {"precision": "fp8"}}, None, "pretrain.precision must be one of"),
+        (
+            {"finetune": {"ner": {"max_seq_len": 512}}},
+            None,
+            "finetune.ner.max_seq_len must be between 16 and model.max_seq_len (128",
+        ),
+        ({"model": {"num_heads": 3}}, None, "must be divisible by model.num_heads"),
+        ({"finetune": {"qa": {"init": "warm"}}}, None, "finetune.qa.init must be one of"),
+        ({"pretrain": {"use_cache": True}}, None, "unknown key pretrain.use_cache"),
+    ],
+)
+def test_bad_params_name_the_key(tmp_path, override, drop, message):
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, override, drop)
+    assert message in str(err.value)
+
+
+def test_scientific_notation_string_is_a_number(tmp_path):
+    # YAML 1.1 reads 6e-4 (no dot) as a string; the loader must still take it.
+    assert load(tmp_path, {"pretrain": {"lr": "6e-4"}}).pretrain.lr == pytest.approx(6e-4)
+
+
+def test_params_yaml_sets_every_config_field():
+    """params.yaml documents every key: none is left to a hidden default."""
+
+    def walk(cls, raw, where):
+        if cls is HubDataset:  # hub entries list only what differs from datasets' defaults
+            return
+        for f in dataclasses.fields(cls):
+            assert f.name in raw, f"params.yaml lacks {where}{f.name}"
+            if dataclasses.is_dataclass(f.type) or isinstance(raw[f.name], dict):
+                sub = _field_class(cls, f.name)
+                if sub is not None:
+                    walk(sub, raw[f.name], f"{where}{f.name}.")
+
+    walk(Params, default_params(), "")
+
+
+def _field_class(cls, name):
+    import typing
+
+    hint = typing.get_type_hints(cls)[name]
+    return hint if dataclasses.is_dataclass(hint) else None
+
+
+def test_dvc_params_exist_in_config():
+    """Every params key a dvc.yaml stage declares is a real config key."""
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    raw = default_params()
+    for name, stage in dvc["stages"].items():
+        body = stage.get("do", stage)
+        items = stage.get("foreach", [None])
+        for item in items:
+            for key in body.get("params", []):
+                key = key.replace("${item}", item) if item else key
+                node = raw
+                for part in key.split("."):
+                    assert part in node, f"stage {name} declares unknown param {key}"
+                    node = node[part]
+
+
+def test_stage_defaults_match_dvc_paths():
+    """`python -m stages.X` alone uses the same paths as dvc.yaml passes it."""
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    for name, stage in dvc["stages"].items():
+        cmd = stage.get("do", stage)["cmd"]
+        script = (REPO / "stages" / f"{name}.py").read_text()
+        for flag, value in re.findall(r"--(\w+) (\S+)", cmd):
+            assert f'"--{flag}"' in script, f"stages/{name}.py has no --{flag}"
+            assert _default_expression(value) in script, (
+                f"stages/{name}.py: default of --{flag} is not {value} as in dvc.yaml"
+            )
+
+
+def _default_expression(value: str) -> str:
+    """How a stage script spells the default of a dvc.yaml path (per-task ones too)."""
+    if "/${item}" not in value:
+        return f'Path("{value}")'
+    folder, rest = value.split("/${item}")
+    return f'Path("{folder}") / task' if not rest else f'Path("{folder}") / f"{{task}}{rest}"'
