@@ -158,6 +158,9 @@ class CompressConfig:
     parity_tolerance: float = 1e-4
     latency_runs: int = 50
     opset: int = 17
+    # Intra-op threads of every runtime while timing (the same for all); 0: all cores.
+    # 1 keeps timings comparable on a machine shared with other work.
+    latency_threads: int = 1
     # Try every int8 format (U8S8/U8U8, per-tensor/per-channel, reduce_range) and keep
     # the fastest one within max_metric_drop; false: only per_channel/reduce_range above.
     quant_search: bool = True
@@ -287,6 +290,10 @@ def validate(p: Params) -> None:
     )
     _check(qa.max_answer_len > 0, "finetune.qa.max_answer_len must be positive")
     _check(p.compress.latency_runs >= 5, "compress.latency_runs must be at least 5")
+    _check(
+        p.compress.latency_threads >= 0,
+        f"compress.latency_threads must be >= 0 (0: all cores), got {p.compress.latency_threads}",
+    )
 
 
 def validate_engine(cfg: EngineConfig, where: str) -> None:
