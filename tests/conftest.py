@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 
 import pytest
 import yaml
+
+from lmforge.config import deep_merge
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -28,23 +29,13 @@ def default_params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 
 
-def merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 @pytest.fixture
 def write_params():
     """Write params.yaml into a folder: the defaults with overrides merged in."""
 
     def write(folder: Path, override: dict) -> Path:
         path = Path(folder) / "params.yaml"
-        path.write_text(yaml.safe_dump(merge(default_params(), override)))
+        path.write_text(yaml.safe_dump(deep_merge(default_params(), override)))
         return path
 
     return write

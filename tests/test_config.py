@@ -7,14 +7,14 @@ import re
 
 import pytest
 import yaml
-from conftest import REPO, default_params, merge
+from conftest import REPO, default_params
 
-from lmforge.config import HubDataset, Params, load_params
+from lmforge.config import HubDataset, Params, deep_merge, load_params
 from lmforge.errors import ConfigError
 
 
 def load(tmp_path, override: dict, drop: str | None = None) -> Params:
-    raw = merge(default_params(), override)
+    raw = deep_merge(default_params(), override)
     if drop:
         *parents, last = drop.split(".")
         node = raw

@@ -6,6 +6,7 @@ name) so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -312,6 +313,17 @@ def validate_engine(cfg: EngineConfig, where: str) -> None:
             Path(cfg.deepspeed_config).is_file(),
             f"{where}.deepspeed_config: file not found: {cfg.deepspeed_config}",
         )
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """A copy of `base` with `override` merged in, nested mappings key by key."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _check(ok: bool, message: str) -> None:

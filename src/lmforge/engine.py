@@ -11,7 +11,6 @@ step's global batch, its masking and its dropout seed are all functions of
 
 from __future__ import annotations
 
-import copy
 import csv
 import hashlib
 import json
@@ -33,6 +32,7 @@ import torch
 if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
     os.environ["DS_ACCELERATOR"] = "cpu"
 
+from lmforge.config import deep_merge
 from lmforge.errors import ConfigError, TrainingError
 from lmforge.tasks.base import trim_padding
 
@@ -156,17 +156,7 @@ def build_deepspeed_config(s: EngineSettings, world_size: int, precision: str) -
         config["bf16"] = {"enabled": True}
     elif precision == "fp16":
         config["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
-    return _merge(config, s.deepspeed_override)
-
-
-def _merge(base: dict, override: dict) -> dict:
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+    return deep_merge(config, s.deepspeed_override)
 
 
 def load_override(path: str | None, where: str) -> dict:
@@ -325,6 +315,8 @@ class Trainer:
         torch.distributed.barrier()
         bar = _progress_bar(s.total_steps, start_step, self.progress, s.where)
         tokens, seconds, loss_value = 0, 0.0, float("nan")
+        if self.curve:  # resumed: a run resumed at its last step still reports its loss
+            loss_value = float(self.curve[-1]["loss"])
         evals: list[dict] = []
         self.engine.train()
         for step in range(start_step, s.total_steps):
@@ -392,6 +384,11 @@ class Trainer:
         c = self.checkpoint
         tag = f"step_{step:08d}"
         state = {"step": step, "fingerprint": c.fingerprint, "curve": self.curve}
+        if self.rank == 0:
+            # A tag of this name from other settings or a killed save: its old marker must
+            # not vouch for the new files while they are being written.
+            shutil.rmtree(c.directory / tag, ignore_errors=True)
+        barrier()
         self.engine.save_checkpoint(
             str(c.directory), tag=tag, client_state=state, save_latest=False
         )
@@ -402,7 +399,8 @@ class Trainer:
             tmp = c.directory / "latest.tmp"
             tmp.write_text(tag)
             os.replace(tmp, c.directory / "latest")
-            for old in complete_tags(c.directory)[: -c.keep]:
+            # Count only this run's tags: stale ones of other settings must not push out its own.
+            for old in own_tags(c.directory, c.fingerprint)[: -c.keep]:
                 shutil.rmtree(c.directory / old, ignore_errors=True)
         barrier()
 
@@ -411,11 +409,7 @@ class Trainer:
         if c is None:
             return 0
         c.directory.mkdir(parents=True, exist_ok=True)
-        tags = [
-            t
-            for t in complete_tags(c.directory)
-            if _tag_fingerprint(c.directory, t) == c.fingerprint
-        ]
+        tags = own_tags(c.directory, c.fingerprint)
         if not tags:
             if any(c.directory.iterdir()) and self.rank == 0:
                 log.info(
@@ -497,6 +491,13 @@ def complete_tags(directory: Path) -> list[str]:
     if not directory.is_dir():
         return []
     return sorted(p.name for p in directory.iterdir() if (p / COMPLETE_MARKER).is_file())
+
+
+def own_tags(directory: Path, run_fingerprint: str) -> list[str]:
+    """Complete tags written by a run of these settings, oldest first."""
+    return [
+        t for t in complete_tags(directory) if _tag_fingerprint(directory, t) == run_fingerprint
+    ]
 
 
 def _tag_fingerprint(directory: Path, tag: str) -> str:
