@@ -12,7 +12,7 @@ import torch
 from lmforge.artifacts import copy_files, publish_dir, write_json
 from lmforge.config import TaskTrainConfig
 from lmforge.data.prepare import read_prepared
-from lmforge.engine import StepBatches, Trainer
+from lmforge.engine import StepBatches, Trainer, resolve_precision
 from lmforge.modeling import task_model
 from lmforge.pretrain import engine_settings
 from lmforge.tasks.registry import get_task
@@ -42,6 +42,7 @@ def run_finetune(
     curve_path: Path | None = None,
 ) -> dict:
     """Train and evaluate one task; save the model folder; return its metrics."""
+    resolve_precision(cfg.precision, f"finetune.{task_name}")  # before any work
     task = get_task(task_name)
     train = read_prepared(prepared_dir, task_name, "train")
     validation = read_prepared(prepared_dir, task_name, "validation")

@@ -22,6 +22,7 @@ from lmforge.engine import (
     fingerprint,
     init_distributed,
     load_override,
+    resolve_precision,
     to_tensors,
 )
 from lmforge.errors import ConfigError
@@ -155,6 +156,7 @@ def run_pretrain(
     curve_path: Path | None = None,
 ) -> dict:
     """Train, evaluate and save the encoder; returns metrics/pretrain.json's content."""
+    resolve_precision(cfg.precision, "pretrain")  # refuse e.g. fp16 on CPU before any work
     rank, world = init_distributed()
     train = np.load(tokens_dir / "train.npy")
     validation = np.load(tokens_dir / "validation.npy")
