@@ -1,0 +1,157 @@
+"""The whole DVC pipeline on the default params, in a scratch copy of the repository.
+
+Checks every artifact and metric path of the contract, that a second `dvc repro` has
+nothing to do, and that the service answers all three tasks from what was built.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+TASKS = ("classification", "ner", "qa")
+TASK_METRICS = {
+    "classification": ("accuracy", "f1_macro"),
+    "ner": ("f1", "precision", "recall"),
+    "qa": ("exact_match", "f1"),
+}
+
+
+def _run(args: list[str], cwd: Path, env: dict) -> str:
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, (
+        f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    )
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> Path:
+    """A copy of the working tree (tracked and untracked-but-not-ignored files), reproduced."""
+    root = tmp_path_factory.mktemp("e2e") / "repo"
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split("\0")  # fmt: skip
+    for name in filter(None, files):
+        source = REPO / name
+        if source.is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), str(root / "src")]))
+    env.pop("LMFORGE_ARTIFACTS", None)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    _run([*git, "init", "-q"], root, env)
+    _run([*git, "add", "-A"], root, env)
+    _run([*git, "commit", "-qm", "copy"], root, env)
+    _run(["dvc", "repro"], root, env)
+    return root
+
+
+def _json(path: Path) -> dict:
+    assert path.is_file(), f"missing {path}"
+    return json.loads(path.read_text())
+
+
+def test_contract_artifacts_exist(pipeline):
+    assert (pipeline / "artifacts/tokenizer/tokenizer.json").is_file()
+    assert (pipeline / "checkpoints/pretrain/latest").is_file()
+    for folder in ["artifacts/pretrained", *(f"artifacts/finetuned/{t}" for t in TASKS)]:
+        assert (pipeline / folder / "model.safetensors").is_file(), folder
+        assert (pipeline / folder / "config.json").is_file(), folder
+        assert (pipeline / folder / "tokenizer.json").is_file(), folder
+    for task in TASKS:
+        serving = pipeline / "artifacts/serving" / task
+        for name in ("model.onnx", "model.int8.onnx", "tokenizer.json", "manifest.json"):
+            assert (serving / name).is_file(), f"{serving}/{name}"
+        assert _json(serving / "manifest.json")["task"] == task
+
+
+def test_metrics_follow_the_contract(pipeline):
+    pretrain = _json(pipeline / "metrics/pretrain.json")
+    for key in ("eval_loss", "eval_perplexity", "tokens_per_second", "steps"):
+        assert key in pretrain
+    assert math.isclose(pretrain["eval_perplexity"], math.exp(pretrain["eval_loss"]), rel_tol=1e-3)
+    # Pretraining must have learnt something: far below a uniform guess over the vocabulary.
+    vocab = json.loads((pipeline / "artifacts/pretrained/config.json").read_text())["vocab_size"]
+    assert pretrain["eval_loss"] < 0.8 * math.log(vocab)
+    for task in TASKS:
+        scores = _json(pipeline / f"metrics/finetune/{task}.json")
+        for key in TASK_METRICS[task]:
+            assert 0.0 <= scores[key] <= 1.0, (task, key, scores[key])
+        compress = _json(pipeline / f"metrics/compress/{task}.json")
+        assert compress["metric_name"] in TASK_METRICS[task]
+        assert compress["max_abs_diff"] <= 1e-4
+        for runtime in ("torch", "onnx_fp32", "onnx_int8"):
+            for key in ("metric", "latency_ms", "size_mb"):
+                assert key in compress[runtime], (task, runtime, key)
+        assert compress["onnx_int8"]["size_mb"] < compress["onnx_fp32"]["size_mb"]
+
+
+def test_the_tasks_learn_on_sample_data(pipeline):
+    """Well above chance on the sample validation sets (2 classes, 4 entity types, spans)."""
+    assert _json(pipeline / "metrics/finetune/classification.json")["accuracy"] > 0.6
+    assert _json(pipeline / "metrics/finetune/ner.json")["f1"] > 0.5
+    assert _json(pipeline / "metrics/finetune/qa.json")["f1"] > 0.2
+
+
+def test_repro_again_is_up_to_date(pipeline):
+    env = dict(
+        os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+    )
+    out = _run(["dvc", "status"], pipeline, env)
+    assert "Data and pipelines are up to date" in out, out
+    shown = _run(["dvc", "metrics", "show", "--json"], pipeline, env)
+    text = json.dumps(json.loads(shown))
+    for name in [
+        "metrics/pretrain.json",
+        *(f"metrics/{s}/{t}.json" for s in ("finetune", "compress") for t in TASKS),
+    ]:
+        assert name in text, f"dvc metrics show lacks {name}"
+
+
+def _wait_ready(client, seconds: float = 60.0) -> bool:
+    """Models load in the background after start-up; /readyz turns 200 when all are in."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if client.get("/readyz").status_code == 200:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_service_answers_from_the_pipeline_artifacts(pipeline):
+    from fastapi.testclient import TestClient
+
+    from serve.app import create_app
+    from serve.settings import Settings
+
+    app = create_app(Settings(artifacts=pipeline / "artifacts/serving"))
+    with TestClient(app) as client:
+        assert _wait_ready(client), client.get("/readyz").json()
+        got = client.post("/v1/classify", json={"texts": ["The food was excellent."]}).json()
+        assert (
+            got["results"][0]["label"]
+            in _json(pipeline / "artifacts/serving/classification/manifest.json")["labels"]
+        )
+        text = "Maria Lopez flew to Paris to meet the board of Acme Corp."
+        entities = client.post("/v1/ner", json={"texts": [text]}).json()["results"][0]["entities"]
+        for entity in entities:
+            assert text[entity["start"] : entity["end"]] == entity["text"]
+        context = "Alan Reed was born in Brookfield in 1961. He founded Reed Motors."
+        answer = client.post(
+            "/v1/qa", json={"question": "Where was Alan Reed born?", "context": context}
+        ).json()
+        span = answer["results"][0]
+        assert context[span["start"] : span["end"]] == span["answer"]
