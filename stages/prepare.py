@@ -3,9 +3,8 @@
 import argparse
 from pathlib import Path
 
-from lmforge.data.prepare import prepare
-
 from lmforge.config import load_params
+from lmforge.data.prepare import prepare
 from lmforge.stage import log, run_stage
 
 

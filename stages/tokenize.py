@@ -3,9 +3,8 @@
 import argparse
 from pathlib import Path
 
-from lmforge.data.prepare import read_prepared_corpus
-
 from lmforge.config import load_params
+from lmforge.data.prepare import read_prepared_corpus
 from lmforge.stage import log, run_stage
 from lmforge.tokenizer import run_tokenize
 

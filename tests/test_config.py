@@ -7,8 +7,8 @@ import re
 
 import pytest
 import yaml
-from conftest import REPO, default_params
 
+from conftest import REPO, default_params
 from lmforge.config import HubDataset, Params, deep_merge, load_params
 from lmforge.errors import ConfigError
 

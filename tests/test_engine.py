@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, TINY_MODEL, default_params
 from safetensors.torch import load_file
 from transformers import BertForMaskedLM
 
+from conftest import REPO, TINY_MODEL, default_params
 from lmforge.config import ModelConfig, deep_merge, load_params
 from lmforge.engine import (
     EngineSettings,

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import REPO
 
 TASKS = ("classification", "ner", "qa")
