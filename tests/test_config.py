@@ -8,9 +8,9 @@ import re
 import pytest
 import yaml
 
-from conftest import REPO, default_params
 from lmforge.config import HubDataset, Params, deep_merge, load_params
 from lmforge.errors import ConfigError
+from support import REPO, default_params
 
 
 def load(tmp_path, override: dict, drop: str | None = None) -> Params:

@@ -25,7 +25,6 @@ import yaml
 from safetensors.torch import load_file
 from transformers import BertForMaskedLM
 
-from conftest import REPO, TINY_MODEL, default_params
 from lmforge.config import ModelConfig, deep_merge, load_params
 from lmforge.engine import (
     EngineSettings,
@@ -42,6 +41,7 @@ from lmforge.modeling import bert_config, masked_lm
 from lmforge.pretrain import MlmMasking, build_masking
 from lmforge.tasks.base import IGNORE_INDEX
 from lmforge.tokenizer import load_tokenizer
+from support import REPO, TINY_MODEL, default_params
 
 # 12 steps of a global batch of 16 blocks (1 rank: micro 8 x accum 2), checkpoints at 4, 8, 12.
 RUN = {

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from support import REPO
 
 TASKS = ("classification", "ner", "qa")
 TASK_METRICS = {
