@@ -1,0 +1,407 @@
+"""Quality on real data: pretrained vs random init vs TF-IDF + logistic regression.
+
+Runs the pipeline of params-real.yaml (prepare, tokenize, pretrain, then finetune of
+every task twice: `init: pretrained` and `init: random`, the same architecture without
+pretraining) in a scratch folder, through the stage scripts, and times every stage.
+Classification also gets the bar any text classifier must clear: TF-IDF (word and char
+n-grams) + logistic regression, C chosen on a held-out slice of train, never on validation.
+
+    python bench/quality.py                      # full budget (~2.6 h on the 2-core CPU)
+    python bench/quality.py --scale 0.02         # smoke run: same preset, 2% of the steps
+    python bench/quality.py --threads 1          # torch threads per stage (busy machine)
+
+Budget on this project's 2-core CPU: pretraining at most 60 min, each fine-tune at most
+20 min (stage wall time, checked and reported). --scale multiplies pretrain.max_steps and
+every fine-tune's epochs (tokenizing and evaluation are not scaled); on a busy machine
+`--threads 1 --scale 0.7` keeps a run within the budget. Writes bench/results/quality.json and
+quality.md (task, metric, pretrained, random, delta, TF-IDF); the last line printed is
+the JSON. A killed run resumes pretraining from the scratch folder's checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from lmforge.config import TASKS, load_params  # noqa: E402
+
+INITS = ("pretrained", "random")
+# Metrics per task, headline first (the one the goals are checked on).
+METRICS = {
+    "classification": ("accuracy", "f1_macro"),
+    "ner": ("f1", "precision", "recall"),
+    "qa": ("f1", "exact_match"),
+}
+BUDGET_S = {"pretrain": 3600.0, "finetune": 1200.0}  # wall seconds per stage
+MIN_GAIN = {"ner": 0.05, "qa": 0.05}  # pretrained over random, in F1 (5 points)
+
+
+# --- the preset ------------------------------------------------------------------------
+
+
+def preset_for_run(path: Path, scale: float) -> dict:
+    """The preset with steps and epochs scaled and local data paths made absolute.
+
+    Paths in the preset are relative to the repository root, where the stages normally
+    run; the scratch folder is elsewhere.
+    """
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    out = copy.deepcopy(raw)
+    for part in out["data"]["local"].values():
+        for split in ("train", "validation"):
+            part[split] = str((REPO / part[split]).resolve())
+    pretrain = out["pretrain"]
+    pretrain["max_steps"] = max(2, round(pretrain["max_steps"] * scale))
+    for task in TASKS:
+        out["finetune"][task]["epochs"] = float(out["finetune"][task]["epochs"]) * scale
+    return out
+
+
+def write_params(folder: Path, raw: dict) -> Path:
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    load_params(path)  # strict check before any work
+    return path
+
+
+# --- stages --------------------------------------------------------------------------
+
+
+def run_stage(work: Path, name: str, args: list[str], env: dict, log_name: str) -> float:
+    """`python -m stages.<name> args` in `work`; returns its wall time in seconds."""
+    log_path = work / "logs" / f"{log_name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[quality] {log_name} ...", file=sys.stderr, flush=True)
+    began = time.perf_counter()
+    with log_path.open("w", encoding="utf-8") as log:
+        done = subprocess.run(
+            [sys.executable, "-m", f"stages.{name}", *args],
+            cwd=work,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    seconds = time.perf_counter() - began
+    if done.returncode != 0:
+        tail = log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
+        sys.exit(f"[quality] {log_name} failed (exit {done.returncode}), {log_path}:\n{tail}")
+    print(f"[quality] {log_name}: {seconds:.1f} s", file=sys.stderr, flush=True)
+    return round(seconds, 1)
+
+
+def stage_env(threads: int | None) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "src")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return env
+
+
+def run_pipeline(work: Path, preset: dict, tasks: Sequence[str], env: dict) -> dict:
+    """prepare, tokenize, pretrain once; finetune each task under each init."""
+    write_params(work, preset)
+    seconds = {
+        name: run_stage(work, name, args.split(), env, name)
+        for name, args in (
+            ("prepare", "--raw data/raw --out data/prepared"),
+            (
+                "tokenize",
+                "--prepared data/prepared --tokenizer artifacts/tokenizer --tokens data/tokens",
+            ),
+            (
+                "pretrain",
+                "--tokenizer artifacts/tokenizer --tokens data/tokens --checkpoints checkpoints/pretrain"
+                " --out artifacts/pretrained --metrics metrics/pretrain.json --plots plots/pretrain.csv",
+            ),
+        )
+    }
+    finetune: dict[str, dict[str, dict]] = {task: {} for task in tasks}
+    for task in tasks:
+        for init in INITS:
+            params = copy.deepcopy(preset)
+            params["finetune"][task]["init"] = init
+            write_params(work, params)  # the stage reads params.yaml from its cwd
+            out = f"{init}/{task}"
+            stage_args = (
+                f"{task} --pretrained artifacts/pretrained --prepared data/prepared"
+                f" --out artifacts/finetuned/{out} --metrics metrics/finetune/{out}.json"
+                f" --plots plots/finetune/{out}.csv"
+            )
+            name = f"finetune.{task}.{init}"
+            seconds[name] = run_stage(work, "finetune", stage_args.split(), env, name)
+            metrics_path = work / "metrics" / "finetune" / f"{out}.json"
+            finetune[task][init] = json.loads(metrics_path.read_text(encoding="utf-8"))
+    write_params(work, preset)
+    pretrain = json.loads((work / "metrics" / "pretrain.json").read_text(encoding="utf-8"))
+    return {"seconds": seconds, "pretrain": pretrain, "finetune": finetune}
+
+
+# --- the TF-IDF baseline -----------------------------------------------------------------
+
+
+def tfidf_baseline(
+    train_texts: Sequence[str],
+    train_labels: Sequence[str],
+    val_texts: Sequence[str],
+    val_labels: Sequence[str],
+    *,
+    seed: int = 0,
+    holdout: float = 0.1,
+    cs: Sequence[float] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
+) -> dict:
+    """TF-IDF (word 1-2 grams + char 2-5 grams) and logistic regression.
+
+    C is picked by accuracy on a stratified `holdout` slice of train; the model is then
+    refit on all of train and scored once on validation (accuracy, macro-F1).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.model_selection import train_test_split
+
+    fit_x, held_x, fit_y, held_y = train_test_split(
+        list(train_texts),
+        list(train_labels),
+        test_size=holdout,
+        random_state=seed,
+        stratify=list(train_labels),
+    )
+    held_scores = {}
+    for c in cs:
+        features = _tfidf_features()
+        model = LogisticRegression(C=c, max_iter=2000)
+        model.fit(features.fit_transform(fit_x), fit_y)
+        held_scores[c] = float(accuracy_score(held_y, model.predict(features.transform(held_x))))
+    best_c = max(cs, key=lambda c: (held_scores[c], -c))  # ties: the stronger regularizer
+    features = _tfidf_features()
+    model = LogisticRegression(C=best_c, max_iter=2000)
+    model.fit(features.fit_transform(list(train_texts)), list(train_labels))
+    predicted = model.predict(features.transform(list(val_texts)))
+    return {
+        "accuracy": round(float(accuracy_score(val_labels, predicted)), 5),
+        "f1_macro": round(float(f1_score(val_labels, predicted, average="macro")), 5),
+        "C": best_c,
+        "holdout_accuracy": {str(c): round(s, 5) for c, s in held_scores.items()},
+        "train_examples": len(train_texts),
+        "validation_examples": len(val_texts),
+    }
+
+
+def _tfidf_features():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import FeatureUnion
+
+    return FeatureUnion(
+        [
+            ("word", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True)),
+            (
+                "char",
+                TfidfVectorizer(
+                    analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2
+                ),
+            ),
+        ]
+    )
+
+
+def run_tfidf(prepared: Path, seed: int) -> dict:
+    from lmforge.data.prepare import read_prepared
+
+    train = read_prepared(prepared, "classification", "train")
+    validation = read_prepared(prepared, "classification", "validation")
+    began = time.perf_counter()
+    result = tfidf_baseline(
+        [e.text for e in train],
+        [e.label for e in train],
+        [e.text for e in validation],
+        [e.label for e in validation],
+        seed=seed,
+    )
+    return {**result, "seconds": round(time.perf_counter() - began, 1)}
+
+
+# --- report ------------------------------------------------------------------------------
+
+
+def table_rows(finetune: dict, tfidf: dict | None) -> list[dict]:
+    rows = []
+    for task, runs in finetune.items():
+        for metric in METRICS[task]:
+            pretrained, random = runs["pretrained"][metric], runs["random"][metric]
+            rows.append(
+                {
+                    "task": task,
+                    "metric": metric,
+                    "pretrained": pretrained,
+                    "random": random,
+                    "delta": round(pretrained - random, 5),
+                    "tfidf": tfidf.get(metric) if tfidf and task == "classification" else None,
+                }
+            )
+    return rows
+
+
+def check_goals(finetune: dict, tfidf: dict | None) -> dict:
+    """The issue's goals, each as a boolean (headline metric of each task)."""
+    goals = {}
+    for task, runs in finetune.items():
+        metric = METRICS[task][0]
+        gain = runs["pretrained"][metric] - runs["random"][metric]
+        need = MIN_GAIN.get(task, 0.0)
+        goals[f"{task}: pretrained beats random by > {need * 100:g} points {metric}"] = bool(
+            gain > need
+        )
+    if tfidf and "classification" in finetune:
+        pretrained = finetune["classification"]["pretrained"]["accuracy"]
+        goals["classification: transformer beats TF-IDF + LR accuracy"] = bool(
+            pretrained > tfidf["accuracy"]
+        )
+    return goals
+
+
+def budget_check(seconds: dict) -> dict:
+    """Wall time of each training stage against its budget (the budget does not scale:
+    --scale is how a slower or busier machine fits a run into it)."""
+    out = {}
+    for stage, spent in seconds.items():
+        kind = stage.split(".")[0]
+        if kind in BUDGET_S:
+            budget = BUDGET_S[kind]
+            out[stage] = {"seconds": spent, "budget_s": round(budget, 1), "within": spent <= budget}
+    return out
+
+
+def markdown(result: dict) -> str:
+    def cell(value) -> str:
+        return "—" if value is None else f"{value:.4f}"
+
+    lines = [
+        f"# Quality on real data ({result['params']}, scale {result['scale']:g})",
+        "",
+        "| task | metric | pretrained | random | delta | TF-IDF + LR |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in result["table"]:
+        lines.append(
+            f"| {row['task']} | {row['metric']} | {cell(row['pretrained'])} | "
+            f"{cell(row['random'])} | {row['delta']:+.4f} | {cell(row['tfidf'])} |"
+        )
+    p = result["pretrain"]
+    lines += [
+        "",
+        f"Pretraining: {p['steps']} steps, eval perplexity {p['eval_perplexity']}, "
+        f"{p['tokens_per_second']} tokens/s.",
+        "",
+        "| goal | met |",
+        "|---|---|",
+        *(f"| {goal} | {'yes' if ok else 'NO'} |" for goal, ok in result["goals"].items()),
+        "",
+        "| stage | wall s | budget s | within |",
+        "|---|---|---|---|",
+    ]
+    for stage, spent in result["seconds"].items():
+        check = result["budget"].get(stage)
+        budget = (
+            f"{check['budget_s']:.0f} | {'yes' if check['within'] else 'NO'}" if check else "— | —"
+        )
+        lines.append(f"| {stage} | {spent:.1f} | {budget} |")
+    machine = result["machine"]
+    lines += [
+        "",
+        f"Machine: {machine['cpus']} CPUs, torch threads: {result['threads']}, load average "
+        f"{machine['load_before']} before and {machine['load_after']} after the run.",
+    ]
+    if result["tfidf"]:
+        t = result["tfidf"]
+        lines.append(
+            f"TF-IDF + LR: word 1-2 + char 2-5 grams, C = {t['C']:g} picked on a 10% slice "
+            f"held out of train (accuracy there: {t['holdout_accuracy'][str(t['C'])]:.4f})."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--params", type=Path, default=REPO / "params-real.yaml")
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="multiplies pretrain steps and fine-tune epochs"
+    )
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    parser.add_argument(
+        "--threads", type=int, default=None, help="OMP_NUM_THREADS of the stages (default: all)"
+    )
+    parser.add_argument(
+        "--work", type=Path, default=None,
+        help="scratch folder (default: <tmp>/lmforge-quality/scale-<scale>; reused to resume)",
+    )  # fmt: skip
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args()
+    if args.scale <= 0:
+        parser.error("--scale must be positive")
+
+    preset = preset_for_run(args.params, args.scale)
+    work = args.work or Path(tempfile.gettempdir()) / "lmforge-quality" / f"scale-{args.scale:g}"
+    work.mkdir(parents=True, exist_ok=True)
+    began, load_before = time.perf_counter(), _load()
+    run = run_pipeline(work, preset, args.tasks, stage_env(args.threads))
+    tfidf = None
+    if "classification" in args.tasks:
+        print("[quality] tfidf ...", file=sys.stderr, flush=True)
+        tfidf = run_tfidf(work / "data" / "prepared", preset["seed"])
+        run["seconds"]["tfidf"] = tfidf["seconds"]
+
+    result = {
+        "params": str(args.params.resolve().relative_to(REPO))
+        if args.params.resolve().is_relative_to(REPO)
+        else str(args.params),
+        "scale": args.scale,
+        "threads": args.threads or "default",
+        "work": str(work),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_before": load_before,
+            "load_after": _load(),
+        },
+        "table": table_rows(run["finetune"], tfidf),
+        "goals": check_goals(run["finetune"], tfidf),
+        "pretrain": run["pretrain"],
+        "finetune": run["finetune"],
+        "tfidf": tfidf,
+        "seconds": run["seconds"],
+        "budget": budget_check(run["seconds"]),
+        "total_seconds": round(time.perf_counter() - began, 1),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    _write(args.out / "quality.json", json.dumps(result, indent=2) + "\n")
+    _write(args.out / "quality.md", markdown(result))
+    print(markdown(result), file=sys.stderr)
+    print(json.dumps(result))
+
+
+def _load() -> list[float]:
+    """1, 5 and 15 minute load averages: other work on the cores slows every stage."""
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else []
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""The real-data preset (params-real.yaml) and bench/quality.py's TF-IDF baseline."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from lmforge.config import TASKS, load_params
+from support import REPO, SHARED_DATA
+
+PRESET = REPO / "params-real.yaml"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_quality", REPO / "bench" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_preset_loads_and_reads_local_data():
+    params = load_params(PRESET)
+    assert params.data.source == "local"
+    assert params.data.corpus_includes_task_text
+    for task in TASKS:
+        assert getattr(params.finetune, task).init == "pretrained"
+    assert params.finetune.qa.max_seq_len <= params.model.max_seq_len
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} not present")
+def test_preset_points_at_the_shared_data():
+    local = load_params(PRESET).data.local
+    for part in ("corpus", *TASKS):
+        for split in ("train", "validation"):
+            path = REPO / getattr(getattr(local, part), split)  # relative to the repo root
+            assert path.is_file(), f"data.local.{part}.{split}: {path} not found"
+            assert path.resolve().is_relative_to(SHARED_DATA.resolve())
+
+
+def test_scaled_preset_is_valid_and_absolute(tmp_path):
+    bench = load_bench()
+    raw = bench.preset_for_run(PRESET, 0.02)
+    full = load_params(PRESET)
+    assert raw["pretrain"]["max_steps"] == max(2, round(full.pretrain.max_steps * 0.02))
+    assert raw["finetune"]["ner"]["epochs"] == pytest.approx(full.finetune.ner.epochs * 0.02)
+    assert Path(raw["data"]["local"]["ner"]["train"]).is_absolute()
+    bench.write_params(tmp_path, raw)  # strict loader accepts it
+
+
+def test_tfidf_baseline_on_a_tiny_dataset():
+    bench = load_bench()
+    good = ["a great film", "great acting and a fine story", "wonderful and great", "fine fun"]
+    bad = ["a dull film", "dull acting and a bad story", "awful and dull", "bad boring"]
+    train_texts = [f"{t} {i}" for i in range(5) for t in good + bad]
+    train_labels = [label for _ in range(5) for label in ["1"] * 4 + ["0"] * 4]
+    result = bench.tfidf_baseline(
+        train_texts,
+        train_labels,
+        ["great fun film", "dull bad film"],
+        ["1", "0"],
+        cs=(1.0, 10.0),
+        holdout=0.25,
+    )
+    assert result["accuracy"] == 1.0
+    assert result["f1_macro"] == 1.0
+    assert result["C"] in (1.0, 10.0)
+    assert set(result["holdout_accuracy"]) == {"1.0", "10.0"}
+
+
+def test_table_and_goals():
+    bench = load_bench()
+    finetune = {
+        "classification": {
+            "pretrained": {"accuracy": 0.85, "f1_macro": 0.84},
+            "random": {"accuracy": 0.80, "f1_macro": 0.79},
+        },
+        "ner": {
+            "pretrained": {"f1": 0.70, "precision": 0.7, "recall": 0.7},
+            "random": {"f1": 0.68, "precision": 0.6, "recall": 0.6},
+        },
+    }
+    rows = bench.table_rows(finetune, {"accuracy": 0.82, "f1_macro": 0.81})
+    assert rows[0] == {
+        "task": "classification",
+        "metric": "accuracy",
+        "pretrained": 0.85,
+        "random": 0.80,
+        "delta": 0.05,
+        "tfidf": 0.82,
+    }
+    assert rows[2]["tfidf"] is None
+    goals = bench.check_goals(finetune, {"accuracy": 0.82})
+    assert goals == {
+        "classification: pretrained beats random by > 0 points accuracy": True,
+        "ner: pretrained beats random by > 5 points f1": False,
+        "classification: transformer beats TF-IDF + LR accuracy": True,
+    }
