@@ -15,7 +15,8 @@ Budget, on one core (1 torch thread) of this project's 2-core CPU: pretraining a
 multiplies pretrain.max_steps and every fine-tune's epochs (tokenizing and evaluation
 are not scaled): it is how a faster or slower machine fits the same budget. Writes bench/results/quality.json and
 quality.md (task, metric, pretrained, random, delta, TF-IDF); the last line printed is
-the JSON. A killed run resumes pretraining from the scratch folder's checkpoints.
+the JSON. Run again with the same --work (the default for a given --scale), a killed run
+resumes pretraining from its checkpoints; --fresh starts over.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import copy
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -114,21 +116,30 @@ def stage_env(threads: int) -> dict:
 def run_pipeline(work: Path, preset: dict, tasks: Sequence[str], env: dict) -> dict:
     """prepare, tokenize, pretrain once; finetune each task under each init."""
     write_params(work, preset)
-    seconds = {
-        name: run_stage(work, name, args.split(), env, name)
+    seconds = {}
+    # Training a WordPiece tokenizer is not deterministic (huggingface/tokenizers#1794):
+    # re-tokenizing would change the token blocks, and a killed pretraining could no
+    # longer resume. Data and tokens of identical settings are kept instead.
+    stamp = work / "data" / "tokenized.json"
+    inputs = json.dumps(
+        [preset["seed"], preset["data"], preset["tokenize"], preset["model"]["max_seq_len"]]
+    )
+    if not (stamp.is_file() and stamp.read_text(encoding="utf-8") == inputs):
+        stamp.unlink(missing_ok=True)
         for name, args in (
             ("prepare", "--raw data/raw --out data/prepared"),
             (
                 "tokenize",
                 "--prepared data/prepared --tokenizer artifacts/tokenizer --tokens data/tokens",
             ),
-            (
-                "pretrain",
-                "--tokenizer artifacts/tokenizer --tokens data/tokens --checkpoints checkpoints/pretrain"
-                " --out artifacts/pretrained --metrics metrics/pretrain.json --plots plots/pretrain.csv",
-            ),
-        )
-    }
+        ):
+            seconds[name] = run_stage(work, name, args.split(), env, name)
+        stamp.write_text(inputs, encoding="utf-8")
+    pretrain_args = (
+        "--tokenizer artifacts/tokenizer --tokens data/tokens --checkpoints checkpoints/pretrain"
+        " --out artifacts/pretrained --metrics metrics/pretrain.json --plots plots/pretrain.csv"
+    )
+    seconds["pretrain"] = run_stage(work, "pretrain", pretrain_args.split(), env, "pretrain")
     finetune: dict[str, dict[str, dict]] = {task: {} for task in tasks}
     for task in tasks:
         for init in INITS:
@@ -300,10 +311,12 @@ def markdown(result: dict) -> str:
             f"{cell(row['random'])} | {row['delta']:+.4f} | {cell(row['tfidf'])} |"
         )
     p = result["pretrain"]
+    resumed = p.get("resumed_from_step", 0)
     lines += [
         "",
         f"Pretraining: {p['steps']} steps, eval perplexity {p['eval_perplexity']}, "
-        f"{p['tokens_per_second']} tokens/s.",
+        f"{p['tokens_per_second']} tokens/s"
+        + (f" (resumed from step {resumed}: its wall time is the rest only)." if resumed else "."),
         "",
         "| goal | met |",
         "|---|---|",
@@ -350,6 +363,7 @@ def main() -> None:
         "--work", type=Path, default=None,
         help="scratch folder (default: <tmp>/lmforge-quality/scale-<scale>; reused to resume)",
     )  # fmt: skip
+    parser.add_argument("--fresh", action="store_true", help="empty the scratch folder first")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
     if args.scale <= 0:
@@ -357,6 +371,8 @@ def main() -> None:
 
     preset = preset_for_run(args.params, args.scale)
     work = args.work or Path(tempfile.gettempdir()) / "lmforge-quality" / f"scale-{args.scale:g}"
+    if args.fresh:
+        shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     began, load_before = time.perf_counter(), _load()
     run = run_pipeline(work, preset, args.tasks, stage_env(args.threads))
