@@ -38,8 +38,11 @@ class MicroBatcher:
     """Gathers concurrent requests for one task into a single call of `predict`.
 
     A batch closes when it holds `max_items` items or its oldest request has waited
-    `max_wait_s`; requests that queued while the previous batch ran go at once. One worker
-    thread per task runs the batches, so inference stays off the event loop.
+    `max_wait_s`; requests that queued while the previous batch ran go at once. The wait
+    is only worth paying under concurrency: once a batch ran alone with nothing queued
+    behind it, the next request goes at once (a lone client pays no window), and waiting
+    resumes as soon as requests overlap again. One worker thread per task runs the
+    batches, so inference stays off the event loop.
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{task}")
         self._jobs: deque[_Job] = deque()
         self._queued = 0  # items in self._jobs
+        self._concurrent = True  # the last batch had company: wait for more next time
         self._wakeup = asyncio.Event()
         self._closing = False
         self._worker = asyncio.create_task(self._run(), name=f"batcher-{task}")
@@ -91,7 +95,8 @@ class MicroBatcher:
                 await self._wait(None)
                 continue
             delay = self._jobs[0].enqueued + self._max_wait - time.monotonic()
-            if delay > 0 and self._queued < self._max_items and not self._closing:
+            waiting = self._concurrent and self._queued < self._max_items and not self._closing
+            if delay > 0 and waiting:
                 await self._wait(delay)
                 continue
             await self._execute(self._take())
@@ -134,6 +139,7 @@ class MicroBatcher:
             return
         finally:
             self._metrics.inference.labels(self.task).observe(time.perf_counter() - start)
+            self._concurrent = len(items) > 1 or bool(self._jobs)
         offset = 0
         for job in batch:
             if not job.future.done():

@@ -153,3 +153,34 @@ def test_a_request_that_gave_up_is_skipped():
 
     assert run_batcher(predict, scenario) == ["kept"]
     assert seen == ["kept"]
+
+
+def test_a_lone_client_pays_no_window_and_overlapping_requests_wait_again():
+    calls = []
+
+    def predict(items):
+        calls.append(len(items))
+        time.sleep(0.02)
+        return items
+
+    async def scenario(batcher):
+        await batcher.submit([0])  # no history yet: the first request waits the window
+        start = time.monotonic()
+        for i in range(5):  # alone, nothing queued behind: each goes at once
+            await batcher.submit([i])
+        lone_s = time.monotonic() - start
+        # Overlap again: one request runs while two more queue, which waits the window
+        # for the late third, so the three after the first share a single call.
+        first = asyncio.create_task(batcher.submit(["a"]))
+        await asyncio.sleep(0.005)
+        queued = [asyncio.create_task(batcher.submit([x])) for x in "bc"]
+        await asyncio.sleep(0.03)
+        late = asyncio.create_task(batcher.submit(["d"]))
+        results = await asyncio.gather(first, *queued, late)
+        await batcher.close()
+        return lone_s, results
+
+    lone_s, results = run_batcher(predict, scenario, max_wait_s=0.5)
+    assert lone_s < 0.5  # five lone requests together took less than one window
+    assert results == [["a"], ["b"], ["c"], ["d"]]
+    assert calls == [1] * 6 + [1, 3]
