@@ -25,7 +25,9 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(10_000, ge=1, description="Characters per text/question/context.")
     max_body_bytes: int = Field(1 << 20, ge=1, description="Request body size in bytes.")
 
-    batch_wait_ms: float = Field(2.0, ge=0, description="How long a batch waits for company.")
+    batch_wait_ms: float = Field(
+        2.0, ge=0, description="How long a batch waits for company (only while requests overlap)."
+    )
     max_batch_items: int = Field(64, ge=1, description="Items per onnxruntime call.")
     max_queue_items: int = Field(1024, ge=1, description="Items waiting per task before 503.")
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0: auto).")
