@@ -126,8 +126,8 @@ served by onnxruntime with dynamic micro-batching.
 | QA question | `max_question_tokens` tokens, listed by /v1/models |
 | queued items per task | {settings.max_queue_items} (LMFORGE_MAX_QUEUE_ITEMS), then 503 |
 
-Texts must be non-empty. Classification and NER read the first `max_seq_len` tokens of
-a text; QA reads contexts of any length in overlapping windows.
+Texts must be non-empty. Classification reads the first `max_seq_len` tokens of a text;
+NER texts and QA contexts of any length are read in overlapping windows.
 
 **Auth**: `Authorization: Bearer <key>` on /v1 routes: {auth}.
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from lmforge.data.records import ClassificationExample, NerExample, QaExample
 from lmforge.tasks.base import IGNORE_INDEX, Features, trim_padding
-from lmforge.tasks.ner import NerTask, extract_entities, first_subwords
+from lmforge.tasks.ner import NerTask, encode_texts, extract_entities, first_subwords
 from lmforge.tasks.qa import QaTask, best_answers, encode_pairs, squad_scores, token_span
 from lmforge.tasks.registry import TASKS
 from lmforge.tokenizer import train_tokenizer
@@ -70,7 +72,7 @@ def test_extract_entities_gives_character_offsets(tokenizer):
     logits = np.zeros((len(enc.ids), len(labels)))
     for pos, word in enumerate(enc.word_ids):
         logits[pos, labels.index(tag_of_word.get(word, "O")) if word is not None else 0] = 5.0
-    entities = extract_entities(text, logits, enc.offsets, word_ids, labels)
+    entities = extract_entities(text, [(logits, enc.offsets, word_ids)], labels)
     assert [(e["text"], e["label"]) for e in entities] == [
         ("Maria Lopez", "PER"),
         ("Berlin", "LOC"),
@@ -78,6 +80,40 @@ def test_extract_entities_gives_character_offsets(tokenizer):
     for e in entities:
         assert text[e["start"] : e["end"]] == e["text"]
         assert 0 < e["score"] <= 1
+
+
+def test_long_text_is_tagged_in_overlapping_windows(tokenizer):
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    text = "Yesterday Maria Lopez flew to Berlin. " * 6 + "Unbelievably, Maria stayed in Oslo."
+    inputs, offsets, word_ids, owners = encode_texts(tokenizer, [text], 16, 4)
+    assert owners == [0] * len(owners) and len(owners) > 5  # one text, many windows
+    assert inputs["input_ids"].shape[1] <= 16
+    # Tag by word; each window sees only its own context, so a word on a window's edge
+    # is tagged wrongly there ("O") and must be read from a window where it is central.
+    spans: dict[int, list[int]] = {}
+    for row in range(len(owners)):
+        for pos in np.flatnonzero(word_ids[row] >= 0):
+            start, end = offsets[row][pos]
+            span = spans.setdefault(int(word_ids[row][pos]), [start, end])
+            span[:] = [min(span[0], start), max(span[1], end)]
+    tag_of = {"Maria": "B-PER", "Lopez": "I-PER", "Berlin": "B-LOC", "Oslo": "B-LOC"}
+    windows = []
+    for row in range(len(owners)):
+        ids = word_ids[row]
+        content = np.flatnonzero(ids >= 0)
+        logits = np.zeros((len(ids), len(labels)))
+        for pos in content:
+            word = text[slice(*spans[int(ids[pos])])]
+            edge = pos in (content[0], content[-1])
+            logits[pos, labels.index("O" if edge else tag_of.get(word, "O"))] = 5.0
+        windows.append((logits, offsets[row], ids))
+    entities = extract_entities(text, windows, labels)
+    expected = [("Maria Lopez", "PER"), ("Berlin", "LOC")] * 6 + [("Maria", "PER"), ("Oslo", "LOC")]
+    assert [(e["text"], e["label"]) for e in entities] == expected
+    starts = [m.start() for m in re.finditer(r"Maria Lopez|Berlin|Maria|Oslo", text)]
+    assert [e["start"] for e in entities] == starts
+    for e in entities:
+        assert text[e["start"] : e["end"]] == e["text"]
 
 
 def test_qa_token_span_maps_characters_to_tokens(tokenizer):

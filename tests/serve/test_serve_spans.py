@@ -42,6 +42,24 @@ def test_ner_batch_keeps_each_texts_offsets(oracle):
     assert [e["text"] for e in results[2]["entities"]] == ["Paris", "paris"]
 
 
+def test_ner_reads_a_long_text_in_windows(oracle, tokenizer):
+    filler = "Filler words make a long text that spans many windows of the model. "
+    text = "Alice Smith left. " + filler * 8 + "Then alice  smith flew to Paris. " + filler * 2
+    assert len(tokenizer.encode(text).ids) > 5 * 32  # more than 5 windows of 32 tokens
+
+    response = oracle.post("/v1/ner", json={"texts": [text]})
+    assert response.status_code == 200
+    entities = response.json()["results"][0]["entities"]
+    assert [(e["text"], e["label"]) for e in entities] == [
+        ("Alice Smith", "PER"),
+        ("alice  smith", "PER"),
+        ("Paris", "LOC"),
+    ]
+    assert [(e["start"], e["end"]) for e in entities] == spans(
+        text, "Alice Smith", "alice  smith", "Paris"
+    )
+
+
 def test_qa_reads_a_long_context_in_strides(oracle, tokenizer):
     filler = "Filler words make a long context that spans many windows of the model. "
     context = "Ünïcödé 😀 " + filler * 12 + "The treasure is under the old oak tree. " + filler * 3

@@ -87,42 +87,56 @@ def first_subwords(word_ids: np.ndarray) -> list[tuple[int, int]]:
     return pairs
 
 
-def encode_texts(tokenizer: Tokenizer, texts: list[str], max_seq_len: int) -> tuple:
-    """Raw texts to model inputs plus the offsets and word ids span extraction needs."""
-    encodings = encode_batch(tokenizer, texts, max_seq_len)
-    inputs = to_arrays(encodings, pad_id(tokenizer))
-    length = inputs["input_ids"].shape[1]
-    offsets = [enc.offsets for enc in encodings]
-    return inputs, offsets, word_id_array(encodings, length)
+def encode_texts(tokenizer: Tokenizer, texts: list[str], max_seq_len: int, stride: int) -> tuple:
+    """Raw texts to model inputs, each text in windows of `max_seq_len` tokens that overlap
+    by `stride`, plus what span extraction needs: every window's offsets and word ids (both
+    relative to its whole text) and the index of the text it reads."""
+    windows, owners = [], []
+    for i, encoding in enumerate(encode_batch(tokenizer, texts, max_seq_len, stride=stride)):
+        for window in (encoding, *encoding.overflowing):
+            windows.append(window)
+            owners.append(i)
+    inputs = to_arrays(windows, pad_id(tokenizer))
+    offsets = [window.offsets for window in windows]
+    return inputs, offsets, word_id_array(windows, inputs["input_ids"].shape[1]), owners
 
 
 def extract_entities(
     text: str,
-    logits: np.ndarray,
-    offsets: list[tuple[int, int]],
-    word_ids: np.ndarray,
+    windows: Sequence[tuple[np.ndarray, list[tuple[int, int]], np.ndarray]],
     labels: list[str],
 ) -> list[dict]:
-    """BIO-decode one text's token logits into entities with character offsets.
+    """BIO-decode one text's (token logits, offsets, word ids) windows into entities with
+    character offsets.
 
-    Each word takes the tag of its first subword; its character span runs from its
-    first to its last subword. An entity's score is the mean tag probability of its words.
+    Each word takes the tag of its first subword, read in the window where that subword
+    sits furthest from an edge (the most context on both sides); its character span runs
+    from its first to its last subword. An entity's score is the mean tag probability of
+    its words.
     """
-    probs = softmax(logits)
-    words: dict[int, list] = {}  # word -> [start, end, tag, prob]
-    for pos, word in enumerate(word_ids.tolist()):
-        if word < 0 or pos >= len(offsets):
+    words: dict[int, dict] = {}  # word -> start, end, and (centrality, tag, prob) of its tag
+    for logits, offsets, word_ids in windows:
+        positions = [p for p, w in enumerate(word_ids.tolist()) if w >= 0 and p < len(offsets)]
+        if not positions:
             continue
-        start, end = offsets[pos]
-        if word not in words:
-            tag_id = int(probs[pos].argmax())
-            words[word] = [start, end, labels[tag_id], float(probs[pos, tag_id])]
-        else:
-            words[word][1] = end
+        probs = softmax(logits)
+        first, last = positions[0], positions[-1]
+        for pos in positions:
+            word = int(word_ids[pos])
+            start, end = offsets[pos]
+            entry = words.setdefault(word, {"start": start, "end": end, "tag": None})
+            entry["end"] = max(entry["end"], end)
+            if start < entry["start"]:  # an earlier subword: a window cut the word
+                entry["start"], entry["tag"] = start, None
+            if start == entry["start"]:  # the first subword
+                centrality = min(pos - first, last - pos)
+                if entry["tag"] is None or centrality > entry["tag"][0]:
+                    tag_id = int(probs[pos].argmax())
+                    entry["tag"] = (centrality, labels[tag_id], float(probs[pos, tag_id]))
     entities: list[dict] = []
     current = None
     for word in sorted(words):
-        start, end, tag, prob = words[word]
+        start, end, (_, tag, prob) = words[word]["start"], words[word]["end"], words[word]["tag"]
         prefix, _, kind = tag.partition("-")
         if prefix == "I" and current is not None and current["label"] == kind:
             current["end"], current["probs"] = end, current["probs"] + [prob]
