@@ -6,12 +6,14 @@ pretraining) in a scratch folder, through the stage scripts, and times every sta
 Classification also gets the bar any text classifier must clear: TF-IDF (word and char
 n-grams) + logistic regression, C chosen on a held-out slice of train, never on validation.
 
-    python bench/quality.py                      # full budget (about 2.6 h)
+    python bench/quality.py                      # full budget
     python bench/quality.py --scale 0.02         # smoke run: same preset, 2% of the steps
-    python bench/quality.py --threads 2 --scale 1.3   # an idle machine, both cores
+    python bench/quality.py --jobs 1 --threads 2   # one stage at a time on both cores
 
 Budget, on one core (1 torch thread) of this project's 2-core CPU: pretraining at most
-60 min, each fine-tune at most 20 min (stage wall time, checked and reported). --scale
+60 min, each fine-tune at most 20 min (stage wall time, checked and reported). Two
+stages run at once by default (--jobs 2): the random-init fine-tunes beside pretraining,
+which they do not need, then the pretrained fine-tunes two at a time. --scale
 multiplies pretrain.max_steps and every fine-tune's epochs (tokenizing and evaluation
 are not scaled): it is how a faster or slower machine fits the same budget. Writes bench/results/quality.json and
 quality.md (task, metric, pretrained, random, delta, TF-IDF); the last line printed is
@@ -32,6 +34,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -39,6 +43,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from lmforge.artifacts import copy_files  # noqa: E402
 from lmforge.config import TASKS, load_params  # noqa: E402
 
 INITS = ("pretrained", "random")
@@ -48,6 +53,8 @@ METRICS = {
     "ner": ("f1", "precision", "recall"),
     "qa": ("f1", "exact_match"),
 }
+# Longest first, so the last stage to start is a short one.
+FINETUNE_ORDER = ("qa", "ner", "classification")
 BUDGET_S = {"pretrain": 3600.0, "finetune": 1200.0}  # wall seconds per stage
 MIN_GAIN = {"ner": 0.05, "qa": 0.05}  # pretrained over random, in F1 (5 points)
 
@@ -83,26 +90,68 @@ def write_params(folder: Path, raw: dict) -> Path:
 # --- stages --------------------------------------------------------------------------
 
 
-def run_stage(work: Path, name: str, args: list[str], env: dict, log_name: str) -> float:
-    """`python -m stages.<name> args` in `work`; returns its wall time in seconds."""
-    log_path = work / "logs" / f"{log_name}.log"
+@dataclass
+class Job:
+    """One stage run: `python -m stages.<stage> args` in `cwd`, after job `after` if set."""
+
+    name: str
+    stage: str
+    args: list[str]
+    cwd: Path
+    after: str | None = None
+
+
+def run_stage(job: Job, env: dict, logs: Path, procs: list) -> float:
+    """Run one job to the end; returns its wall time in seconds."""
+    log_path = logs / f"{job.name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    print(f"[quality] {log_name} ...", file=sys.stderr, flush=True)
+    print(f"[quality] {job.name} ...", file=sys.stderr, flush=True)
     began = time.perf_counter()
     with log_path.open("w", encoding="utf-8") as log:
-        done = subprocess.run(
-            [sys.executable, "-m", f"stages.{name}", *args],
-            cwd=work,
+        proc = subprocess.Popen(
+            [sys.executable, "-m", f"stages.{job.stage}", *job.args],
+            cwd=job.cwd,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        procs.append(proc)
+        returncode = proc.wait()
     seconds = time.perf_counter() - began
-    if done.returncode != 0:
+    if returncode != 0:
         tail = log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
-        sys.exit(f"[quality] {log_name} failed (exit {done.returncode}), {log_path}:\n{tail}")
-    print(f"[quality] {log_name}: {seconds:.1f} s", file=sys.stderr, flush=True)
+        raise StageFailed(f"[quality] {job.name} failed (exit {returncode}), {log_path}:\n{tail}")
+    print(f"[quality] {job.name}: {seconds:.1f} s", file=sys.stderr, flush=True)
     return round(seconds, 1)
+
+
+class StageFailed(Exception):
+    pass
+
+
+def run_jobs(jobs: list[Job], env: dict, logs: Path, parallel: int) -> dict[str, float]:
+    """Run `jobs` at most `parallel` at a time, each once the job it comes after is done,
+    in list order otherwise; returns each job's wall seconds. One failure stops them all."""
+    seconds: dict[str, float] = {}
+    pending, running, procs = list(jobs), {}, []
+    with ThreadPoolExecutor(parallel) as pool:
+        try:
+            while pending or running:
+                for job in [j for j in pending if j.after is None or j.after in seconds]:
+                    if len(running) < parallel:
+                        pending.remove(job)
+                        running[pool.submit(run_stage, job, env, logs, procs)] = job
+                if not running:
+                    raise StageFailed(f"[quality] cannot order jobs: {[j.name for j in pending]}")
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    seconds[running.pop(future).name] = future.result()
+        except BaseException:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+            raise
+    return seconds
 
 
 def stage_env(threads: int) -> dict:
@@ -113,9 +162,30 @@ def stage_env(threads: int) -> dict:
     return env
 
 
-def run_pipeline(work: Path, preset: dict, tasks: Sequence[str], env: dict) -> dict:
-    """prepare, tokenize, pretrain once; finetune each task under each init."""
+def random_init_dir(work: Path, preset: dict) -> Path:
+    """What `init: random` reads: the tokenizer and the model config pretraining would
+    write (same shape), so random-init fine-tunes need not wait for pretraining."""
+    from lmforge.modeling import bert_config
+    from lmforge.tokenizer import load_tokenizer
+
+    folder = work / "artifacts" / "random-init"
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer_dir = work / "artifacts" / "tokenizer"
+    copy_files(tokenizer_dir, folder)
+    vocab_size = load_tokenizer(tokenizer_dir).get_vocab_size()
+    model = load_params(work / "params.yaml").model
+    bert_config(model, vocab_size).save_pretrained(folder)
+    return folder
+
+
+def run_pipeline(work: Path, preset: dict, tasks: Sequence[str], env: dict, parallel: int) -> dict:
+    """prepare, tokenize, pretrain once; finetune each task under each init.
+
+    With `parallel` > 1, the random-init fine-tunes run beside pretraining (they do not
+    need it) and the pretrained ones beside each other, each stage on its own core.
+    """
     write_params(work, preset)
+    logs = work / "logs"
     seconds = {}
     # Training a WordPiece tokenizer is not deterministic (huggingface/tokenizers#1794):
     # re-tokenizing would change the token blocks, and a killed pretraining could no
@@ -126,37 +196,54 @@ def run_pipeline(work: Path, preset: dict, tasks: Sequence[str], env: dict) -> d
     )
     if not (stamp.is_file() and stamp.read_text(encoding="utf-8") == inputs):
         stamp.unlink(missing_ok=True)
-        for name, args in (
-            ("prepare", "--raw data/raw --out data/prepared"),
-            (
+        data_jobs = [
+            Job("prepare", "prepare", ["--raw", "data/raw", "--out", "data/prepared"], work),
+            Job(
                 "tokenize",
-                "--prepared data/prepared --tokenizer artifacts/tokenizer --tokens data/tokens",
+                "tokenize",
+                [
+                    "--prepared",
+                    "data/prepared",
+                    "--tokenizer",
+                    "artifacts/tokenizer",
+                    "--tokens",
+                    "data/tokens",
+                ],
+                work,
+                after="prepare",
             ),
-        ):
-            seconds[name] = run_stage(work, name, args.split(), env, name)
+        ]
+        seconds |= run_jobs(data_jobs, env, logs, 1)
         stamp.write_text(inputs, encoding="utf-8")
     pretrain_args = (
         "--tokenizer artifacts/tokenizer --tokens data/tokens --checkpoints checkpoints/pretrain"
         " --out artifacts/pretrained --metrics metrics/pretrain.json --plots plots/pretrain.csv"
     )
-    seconds["pretrain"] = run_stage(work, "pretrain", pretrain_args.split(), env, "pretrain")
+    jobs = [Job("pretrain", "pretrain", pretrain_args.split(), work)]
+    init_dirs = {"pretrained": work / "artifacts" / "pretrained"}
+    init_dirs["random"] = random_init_dir(work, preset)
+    for init in ("random", "pretrained"):  # random first: it can run beside pretraining
+        for task in sorted(tasks, key=FINETUNE_ORDER.index):
+            params = copy.deepcopy(preset)
+            params["finetune"][task]["init"] = init
+            cwd = work / "runs" / f"{task}-{init}"  # each stage reads params.yaml from its cwd
+            cwd.mkdir(parents=True, exist_ok=True)
+            write_params(cwd, params)
+            out = f"{init}/{task}"
+            stage_args = (
+                f"{task} --pretrained {init_dirs[init]} --prepared {work / 'data/prepared'}"
+                f" --out {work / 'artifacts/finetuned' / out}"
+                f" --metrics {work / 'metrics/finetune' / out}.json"
+                f" --plots {work / 'plots/finetune' / out}.csv"
+            )
+            after = "pretrain" if init == "pretrained" else None
+            jobs.append(Job(f"finetune.{task}.{init}", "finetune", stage_args.split(), cwd, after))
+    seconds |= run_jobs(jobs, env, logs, parallel)
     finetune: dict[str, dict[str, dict]] = {task: {} for task in tasks}
     for task in tasks:
         for init in INITS:
-            params = copy.deepcopy(preset)
-            params["finetune"][task]["init"] = init
-            write_params(work, params)  # the stage reads params.yaml from its cwd
-            out = f"{init}/{task}"
-            stage_args = (
-                f"{task} --pretrained artifacts/pretrained --prepared data/prepared"
-                f" --out artifacts/finetuned/{out} --metrics metrics/finetune/{out}.json"
-                f" --plots plots/finetune/{out}.csv"
-            )
-            name = f"finetune.{task}.{init}"
-            seconds[name] = run_stage(work, "finetune", stage_args.split(), env, name)
-            metrics_path = work / "metrics" / "finetune" / f"{out}.json"
+            metrics_path = work / "metrics" / "finetune" / init / f"{task}.json"
             finetune[task][init] = json.loads(metrics_path.read_text(encoding="utf-8"))
-    write_params(work, preset)
     pretrain = json.loads((work / "metrics" / "pretrain.json").read_text(encoding="utf-8"))
     return {"seconds": seconds, "pretrain": pretrain, "finetune": finetune}
 
@@ -334,7 +421,8 @@ def markdown(result: dict) -> str:
     machine = result["machine"]
     lines += [
         "",
-        f"Machine: {machine['cpus']} CPUs, torch threads: {result['threads']}, load average "
+        f"Machine: {machine['cpus']} CPUs, {result['jobs']} stage(s) at a time with "
+        f"{result['threads']} torch thread(s) each, load average "
         f"{machine['load_before']} before and {machine['load_after']} after the run.",
     ]
     if result["tfidf"]:
@@ -360,6 +448,12 @@ def main() -> None:
         help="torch threads per stage; 0: torch default (default 1: 2 threads thrash on shared cores)",
     )
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="stages run at once (default 2: one per core, one thread each)",
+    )
+    parser.add_argument(
         "--work", type=Path, default=None,
         help="scratch folder (default: <tmp>/lmforge-quality/scale-<scale>; reused to resume)",
     )  # fmt: skip
@@ -375,7 +469,10 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     began, load_before = time.perf_counter(), _load()
-    run = run_pipeline(work, preset, args.tasks, stage_env(args.threads))
+    try:
+        run = run_pipeline(work, preset, args.tasks, stage_env(args.threads), args.jobs)
+    except StageFailed as exc:
+        sys.exit(str(exc))
     tfidf = None
     if "classification" in args.tasks:
         print("[quality] tfidf ...", file=sys.stderr, flush=True)
@@ -388,6 +485,7 @@ def main() -> None:
         else str(args.params),
         "scale": args.scale,
         "threads": args.threads,
+        "jobs": args.jobs,
         "work": str(work),
         "machine": {
             "cpus": os.cpu_count(),
