@@ -162,7 +162,7 @@ def stage_env(threads: int) -> dict:
     return env
 
 
-def random_init_dir(work: Path, preset: dict) -> Path:
+def random_init_dir(work: Path) -> Path:
     """What `init: random` reads: the tokenizer and the model config pretraining would
     write (same shape), so random-init fine-tunes need not wait for pretraining."""
     from lmforge.modeling import bert_config
@@ -221,7 +221,7 @@ def run_pipeline(work: Path, preset: dict, tasks: Sequence[str], env: dict, para
     )
     jobs = [Job("pretrain", "pretrain", pretrain_args.split(), work)]
     init_dirs = {"pretrained": work / "artifacts" / "pretrained"}
-    init_dirs["random"] = random_init_dir(work, preset)
+    init_dirs["random"] = random_init_dir(work)
     for init in ("random", "pretrained"):  # random first: it can run beside pretraining
         for task in sorted(tasks, key=FINETUNE_ORDER.index):
             params = copy.deepcopy(preset)
