@@ -78,6 +78,17 @@ def encode_batch(
     return tokenizer.encode_batch(batch, is_pretokenized=pretokenized)
 
 
+def windows_of(encodings: Sequence[Encoding]) -> tuple[list[Encoding], list[int]]:
+    """Every window of every encoding (itself, then its overflow), and the index of the
+    input each window reads."""
+    windows, owners = [], []
+    for i, encoding in enumerate(encodings):
+        for window in (encoding, *encoding.overflowing):
+            windows.append(window)
+            owners.append(i)
+    return windows, owners
+
+
 def to_arrays(encodings: Sequence[Encoding], pad_id: int, length: int | None = None) -> dict:
     """Stack encodings into int64 arrays padded to `length` (default: the longest)."""
     length = length or max(len(e.ids) for e in encodings)

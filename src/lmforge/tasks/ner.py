@@ -20,6 +20,7 @@ from lmforge.tasks.base import (
     pad_id,
     softmax,
     to_arrays,
+    windows_of,
 )
 
 
@@ -91,11 +92,7 @@ def encode_texts(tokenizer: Tokenizer, texts: list[str], max_seq_len: int, strid
     """Raw texts to model inputs, each text in windows of `max_seq_len` tokens that overlap
     by `stride`, plus what span extraction needs: every window's offsets and word ids (both
     relative to its whole text) and the index of the text it reads."""
-    windows, owners = [], []
-    for i, encoding in enumerate(encode_batch(tokenizer, texts, max_seq_len, stride=stride)):
-        for window in (encoding, *encoding.overflowing):
-            windows.append(window)
-            owners.append(i)
+    windows, owners = windows_of(encode_batch(tokenizer, texts, max_seq_len, stride=stride))
     inputs = to_arrays(windows, pad_id(tokenizer))
     offsets = [window.offsets for window in windows]
     return inputs, offsets, word_id_array(windows, inputs["input_ids"].shape[1]), owners

@@ -15,7 +15,15 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from lmforge.data.records import QaExample
-from lmforge.tasks.base import Features, Task, encode_batch, pad_id, softmax, to_arrays
+from lmforge.tasks.base import (
+    Features,
+    Task,
+    encode_batch,
+    pad_id,
+    softmax,
+    to_arrays,
+    windows_of,
+)
 
 
 class QaTask(Task):
@@ -87,11 +95,7 @@ def encode_pairs(
         stride=doc_stride,
         only_second=True,
     )
-    windows, example_index = [], []
-    for i, enc in enumerate(encodings):
-        for window in [enc, *enc.overflowing]:
-            windows.append(window)
-            example_index.append(i)
+    windows, example_index = windows_of(encodings)
     inputs = to_arrays(windows, pad_id(tokenizer), max_seq_len)
     offsets = np.full((len(windows), max_seq_len, 2), -1, dtype=np.int64)
     for row, window in enumerate(windows):
