@@ -58,10 +58,12 @@ import torch  # noqa: E402
 from transformers import BertConfig, BertForMaskedLM, BertForPreTraining  # noqa: E402
 
 from lmforge.config import load_params  # noqa: E402
+from lmforge.data.corpus import write_corpus  # noqa: E402
 from lmforge.engine import EngineSettings, StepBatches, Trainer, lr_multiplier  # noqa: E402
 from lmforge.modeling import bert_config, masked_lm  # noqa: E402
 from lmforge.pretrain import build_masking  # noqa: E402
 from lmforge.tokenizer import load_tokenizer, run_tokenize  # noqa: E402
+from lmforge.tokens import open_blocks  # noqa: E402
 
 VARIANTS = ("deepspeed", "torch", "torch_masked")
 
@@ -75,11 +77,13 @@ def build_corpus(folder: Path, vocab_size: int, block_len: int) -> tuple[np.ndar
 
     docs = [p for text in pydoc_data.topics.topics.values() for p in text.split("\n\n")]
     docs = [d for d in docs if d.strip()]
+    corpus = {"train": folder / "corpus.parquet"}
+    write_corpus(corpus["train"], docs)
     run_tokenize(
-        {"train": docs}, vocab_size=vocab_size, min_frequency=2, lowercase=True,
+        corpus, vocab_size=vocab_size, min_frequency=2, lowercase=True,
         block_len=block_len, tokenizer_dir=folder / "tokenizer", tokens_dir=folder / "tokens",
     )  # fmt: skip
-    return np.load(folder / "tokens/train.npy"), load_tokenizer(folder / "tokenizer")
+    return open_blocks(folder / "tokens", "train")[0], load_tokenizer(folder / "tokenizer")
 
 
 @dataclasses.dataclass

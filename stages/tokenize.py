@@ -1,10 +1,11 @@
 """Stage tokenize: train the WordPiece tokenizer and pack the corpus into token blocks."""
 
 import argparse
+import os
 from pathlib import Path
 
 from lmforge.config import load_params
-from lmforge.data.prepare import read_prepared_corpus
+from lmforge.data.prepare import prepared_corpus
 from lmforge.stage import log, run_stage
 from lmforge.tokenizer import run_tokenize
 
@@ -16,13 +17,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=Path, default=Path("data/tokens"))
     args = parser.parse_args()
     params = load_params()
-    corpus = {
-        split: read_prepared_corpus(args.prepared, split) for split in ("train", "validation")
-    }
+    corpus = {split: prepared_corpus(args.prepared, split) for split in ("train", "validation")}
     t = params.tokenize
     summary = run_tokenize(
         corpus, t.vocab_size, t.min_frequency, t.lowercase, params.model.max_seq_len,
-        args.tokenizer, args.tokens,
+        args.tokenizer, args.tokens, t.train_sample_mb, num_proc=len(os.sched_getaffinity(0)),
     )  # fmt: skip
     log.info("tokenized %s", summary)
 

@@ -29,14 +29,17 @@ def tiny_corpus_dirs(tmp_path_factory) -> Path:
     """artifacts/tokenizer and data/tokens (blocks of 32) built from Python's own docs."""
     import pydoc_data.topics
 
+    from lmforge.data.corpus import write_corpus
     from lmforge.tokenizer import run_tokenize
 
     root = tmp_path_factory.mktemp("corpus")
     docs = [p for text in pydoc_data.topics.topics.values() for p in text.split("\n\n")]
     docs = [d for d in docs if d.strip()][:600]
+    corpus = {"train": root / "train.parquet", "validation": root / "validation.parquet"}
+    write_corpus(corpus["train"], docs[:540])
+    write_corpus(corpus["validation"], docs[540:])
     run_tokenize(
-        {"train": docs[:540], "validation": docs[540:]},
-        vocab_size=800, min_frequency=2, lowercase=True, block_len=32,
+        corpus, vocab_size=800, min_frequency=2, lowercase=True, block_len=32,
         tokenizer_dir=root / "artifacts" / "tokenizer", tokens_dir=root / "data" / "tokens",
     )  # fmt: skip
     return root

@@ -3,7 +3,7 @@
 Unit tests run in-process. The stage tests run `python -m stages.pretrain` as a user
 would, on a tiny model, and compare what it writes (metrics/pretrain.json, plots/
 pretrain.csv, checkpoints/, artifacts/pretrained) between runs: uninterrupted vs killed
-and resumed, 1 rank vs 2, ZeRO 0 vs 1-3.
+and resumed, 1 rank vs 2, one node vs two simulated nodes, ZeRO 0 vs 1-3.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -41,6 +42,7 @@ from lmforge.modeling import bert_config, masked_lm
 from lmforge.pretrain import MlmMasking, build_masking
 from lmforge.tasks.base import IGNORE_INDEX
 from lmforge.tokenizer import load_tokenizer
+from lmforge.tokens import open_blocks
 from support import REPO, TINY_MODEL, default_params
 
 # 12 steps of a global batch of 16 blocks (1 rank: micro 8 x accum 2), checkpoints at 4, 8, 12.
@@ -257,17 +259,26 @@ def test_step_batches_every_row_once_per_epoch():
     assert len(set(seen.tolist())) == 96
 
 
-def test_step_batches_transform_sees_the_whole_global_batch_and_the_step():
+def test_step_batches_read_only_the_ranks_rows_and_give_their_positions():
     calls = []
 
-    def transform(batch, step):
-        calls.append((len(batch["input_ids"]), step))
+    def transform(batch, step, positions):
+        calls.append((batch["input_ids"][:, 0].tolist(), step, positions.tolist()))
         return batch
 
-    arrays = {"input_ids": np.zeros((40, 4)), "attention_mask": np.ones((40, 4))}
+    class Recording(np.ndarray):  # remembers which rows were read
+        def __getitem__(self, index):
+            read.append(np.asarray(index).tolist())
+            return super().__getitem__(index)
+
+    read: list = []
+    ids = np.arange(40)[:, None].repeat(4, 1)
+    arrays = {"input_ids": ids.view(Recording), "attention_mask": np.ones_like(ids)}
     batches = StepBatches(arrays, 16, 0, transform)
     batches.micro_batches(5, rank=1, world=2, accum=2)
-    assert calls == [(16, 5)]
+    rows = batches.global_rows(5)[8:].tolist()
+    assert read == [rows]  # one read, of this rank's 8 rows only
+    assert calls == [(rows, 5, list(range(8, 16)))]
     with pytest.raises(ConfigError, match="fewer than one global batch"):
         StepBatches({"input_ids": np.zeros((10, 4))}, 16, 0)
 
@@ -277,7 +288,7 @@ def test_step_batches_transform_sees_the_whole_global_batch_and_the_step():
 
 @pytest.fixture(scope="module")
 def blocks_and_tokenizer(tiny_corpus_dirs):
-    blocks = np.load(tiny_corpus_dirs / "data/tokens/train.npy")
+    blocks = np.asarray(open_blocks(tiny_corpus_dirs / "data/tokens", "train")[0])
     return blocks, load_tokenizer(tiny_corpus_dirs / "artifacts/tokenizer")
 
 
@@ -467,7 +478,7 @@ def assert_export_is_the_trained_model(folder: Path) -> None:
     tokenizer = load_tokenizer(out)
     # Same held-out masking as the stage's evaluator: seed + 1, batch index as the step.
     masking = build_masking(tokenizer, params.pretrain, params.seed + 1)
-    validation = np.load(folder / "data/tokens/validation.npy")
+    validation = open_blocks(folder / "data/tokens", "validation")[0]
     size = params.pretrain.micro_batch_size
     total, count = 0.0, 0
     with torch.no_grad():
@@ -560,12 +571,19 @@ def test_checkpoints_of_other_params_are_not_resumed_from(reference, runs):
     assert metrics(folder)["train_loss"] == pytest.approx(first["train_loss"], abs=1e-5)
 
 
-def test_two_ranks_match_one_rank_with_accumulation(reference, runs, tiny_corpus_dirs):
-    """Global batch 16 either way: 1 rank x micro 8 x accum 2 vs 2 ranks x micro 8 x accum 1."""
+@pytest.fixture(scope="module")
+def two_ranks(runs, tiny_corpus_dirs) -> Path:
+    """Global batch 16 on one node: 2 ranks x micro 8 x accum 1 (the stage's own torchrun)."""
     folder = new_run(
         runs / "two_ranks", tiny_corpus_dirs, {"pretrain": {"num_procs": 2, "grad_accum": 1}}
     )
     stage(folder)
+    return folder
+
+
+def test_two_ranks_match_one_rank_with_accumulation(reference, two_ranks):
+    """Global batch 16 either way: 1 rank x micro 8 x accum 2 vs 2 ranks x micro 8 x accum 1."""
+    folder = two_ranks
     assert metrics(folder)["ranks"] == 2
     np.testing.assert_allclose(losses(folder), losses(reference), rtol=0, atol=LOSS_TOL)
     assert metrics(folder)["eval_loss"] == pytest.approx(
@@ -573,6 +591,43 @@ def test_two_ranks_match_one_rank_with_accumulation(reference, runs, tiny_corpus
     )
     assert complete_tags(folder / CKPT) == ["step_00000008", "step_00000012"]
     assert_same_weights(folder, reference, atol=WEIGHT_TOL["ranks"])
+
+
+def test_two_simulated_nodes_match_one_node_with_two_ranks(two_ranks, runs, tiny_corpus_dirs):
+    """torchrun --nnodes 2 --node-rank 0/1, one process each, c10d rendezvous on 127.0.0.1:
+    a two-node cluster with a shared file system, as far as one machine can play one."""
+    folder = new_run(runs / "two_nodes", tiny_corpus_dirs, {"pretrain": {"grad_accum": 1}})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+        "--rdzv-id", "lmforge-two-nodes",
+    ]  # fmt: skip
+    logs = [(folder / f"node{rank}.log").open("w") for rank in (0, 1)]
+    nodes = [
+        subprocess.Popen(
+            [*launch, "--node-rank", str(rank), "-m", "stages.pretrain"],
+            cwd=folder,
+            env=env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        for rank, log in zip((0, 1), logs, strict=True)
+    ]
+    try:
+        codes = [node.wait(timeout=300) for node in nodes]
+    finally:
+        for node, log in zip(nodes, logs, strict=True):
+            node.kill()
+            log.close()
+    output = "".join((folder / f"node{rank}.log").read_text()[-2000:] for rank in (0, 1))
+    assert codes == [0, 0], output
+    assert metrics(folder)["ranks"] == 2
+    assert curve(folder) == curve(two_ranks)
+    assert metrics(folder)["eval_loss"] == metrics(two_ranks)["eval_loss"]
+    assert_same_weights(folder, two_ranks, atol=0.0)
 
 
 @pytest.mark.parametrize("zero_stage", [1, 2, 3])

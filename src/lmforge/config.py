@@ -87,6 +87,9 @@ class TokenizeConfig:
     vocab_size: int = 8000
     min_frequency: int = 2
     lowercase: bool = True
+    # The tokenizer learns from every k-th training document, about this much text (MB);
+    # packing always covers the whole corpus.
+    train_sample_mb: int = 256
 
 
 @dataclass
@@ -267,6 +270,7 @@ def validate(p: Params) -> None:
     )
     _check(m.max_seq_len >= 16, f"model.max_seq_len must be at least 16, got {m.max_seq_len}")
     _check(p.tokenize.vocab_size >= 100, "tokenize.vocab_size must be at least 100")
+    _check(p.tokenize.train_sample_mb > 0, "tokenize.train_sample_mb must be positive")
     validate_engine(p.pretrain, "pretrain")
     _check(p.pretrain.max_steps > 0, "pretrain.max_steps must be positive")
     _check(p.pretrain.num_procs >= 1, "pretrain.num_procs must be at least 1")

@@ -210,8 +210,9 @@ class StepBatches:
     Each epoch is a fresh permutation seeded by (seed, epoch); step k takes the k-th
     slice. Rank r of W with A accumulation steps takes micro-chunks r*A .. r*A+A-1 of the
     global batch, so 1 rank x 2 accumulation steps and 2 ranks x 1 see the same rows.
-    `transform(batch, step)` (e.g. MLM masking) runs on the whole global batch before it
-    is split, so it too is independent of the number of ranks.
+    A rank reads only its own rows (from a memory map: only their bytes).
+    `transform(batch, step, positions)` (e.g. MLM masking) gets those rows with their
+    positions in the global batch, so that it too can be independent of the number of ranks.
     """
 
     def __init__(
@@ -219,7 +220,7 @@ class StepBatches:
         arrays: dict[str, np.ndarray],
         global_batch: int,
         seed: int,
-        transform: Callable[[dict, int], dict] | None = None,
+        transform: Callable[[dict, int, np.ndarray], dict] | None = None,
     ):
         self.arrays = arrays
         self.rows = len(next(iter(arrays.values())))
@@ -232,22 +233,24 @@ class StepBatches:
                 f"({global_batch} = micro_batch_size x grad_accum x ranks); lower the batch size"
             )
         self.steps_per_epoch = self.rows // global_batch
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, its permutation)
 
     def global_rows(self, step: int) -> np.ndarray:
         epoch, index = divmod(step, self.steps_per_epoch)
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.rows)
-        return order[index * self.global_batch : (index + 1) * self.global_batch]
+        if self._order is None or self._order[0] != epoch:  # 8 bytes a row, once an epoch
+            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.rows))
+        return self._order[1][index * self.global_batch : (index + 1) * self.global_batch]
 
     def micro_batches(self, step: int, rank: int, world: int, accum: int) -> list[dict]:
-        rows = self.global_rows(step)
-        batch = {name: array[rows] for name, array in self.arrays.items()}
-        if self.transform is not None:
-            batch = self.transform(batch, step)
         micro = self.global_batch // (world * accum)
+        own = np.arange(rank * accum * micro, (rank + 1) * accum * micro)
+        rows = self.global_rows(step)[own]
+        batch = {name: np.asarray(array[rows]) for name, array in self.arrays.items()}
+        if self.transform is not None:
+            batch = self.transform(batch, step, own)
         chunks = []
         for a in range(accum):
-            start = (rank * accum + a) * micro
-            chunk = {k: v[start : start + micro] for k, v in batch.items()}
+            chunk = {k: v[a * micro : (a + 1) * micro] for k, v in batch.items()}
             chunks.append(to_tensors(trim_padding(chunk)))
         return chunks
 

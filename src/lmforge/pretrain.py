@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmforge.artifacts import copy_files, publish_dir, sha256_file
+from lmforge.artifacts import copy_files, publish_dir
 from lmforge.config import ModelConfig, PretrainConfig
 from lmforge.engine import (
     CheckpointSettings,
@@ -29,6 +29,7 @@ from lmforge.errors import ConfigError
 from lmforge.modeling import bert_config, masked_lm
 from lmforge.tasks.base import IGNORE_INDEX
 from lmforge.tokenizer import SPECIAL_TOKENS, load_tokenizer
+from lmforge.tokens import open_blocks
 
 log = logging.getLogger("lmforge.pretrain")
 
@@ -39,9 +40,11 @@ _SCHEDULING_ONLY = ("checkpoint_every", "keep_checkpoints", "eval_every")
 
 @dataclass
 class MlmMasking:
-    """BERT masking (80% [MASK], 10% random, 10% kept), seeded by (seed, step).
+    """BERT masking (80% [MASK], 10% random, 10% kept), seeded by (seed, step, position).
 
-    With `continuation` (True for "##" pieces) whole words are masked together.
+    `position` is the row's place in the step's global batch: every rank masks its own
+    rows exactly as one rank would mask the whole batch. With `continuation` (True for
+    "##" pieces) whole words are masked together.
     """
 
     mask_id: int
@@ -52,16 +55,24 @@ class MlmMasking:
     continuation: np.ndarray | None = None
     sep_id: int | None = None  # set: also build sentence-order pairs (see split_segments)
 
-    def __call__(self, batch: dict, step: int) -> dict:
-        ids = batch["input_ids"].astype(np.int64)
-        rng = np.random.default_rng([self.seed, step])
+    def __call__(self, batch: dict, step: int, positions: np.ndarray | None = None) -> dict:
+        ids = batch["input_ids"]
+        if positions is None:
+            positions = np.arange(len(ids))
+        rows = [
+            self._row(row.astype(np.int64), np.random.default_rng([self.seed, step, int(p)]))
+            for row, p in zip(ids, positions, strict=True)
+        ]
+        return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+
+    def _row(self, ids: np.ndarray, rng: np.random.Generator) -> dict:
         extra = {}
         if self.sep_id is not None:
-            ids, token_types, order = split_segments(ids, self.sep_id, rng)
-            extra = {"token_type_ids": token_types, "sentence_order_label": order}
+            ids, token_types, swapped = split_segments(ids, self.sep_id, rng)
+            extra = {"token_type_ids": token_types, "sentence_order_label": np.int64(swapped)}
         draw = rng.random(ids.shape)
         if self.continuation is not None:
-            draw = _share_with_word(draw, self.continuation[ids])
+            draw = _share_with_word(draw[None], self.continuation[ids][None])[0]
         candidates = ~np.isin(ids, self.special_ids)
         selected = candidates & (draw < self.probability)
         labels = np.where(selected, ids, IGNORE_INDEX)
@@ -80,24 +91,19 @@ class MlmMasking:
 
 
 def split_segments(ids: np.ndarray, sep_id: int, rng: np.random.Generator) -> tuple:
-    """[CLS] text [SEP] -> [CLS] A [SEP] B [SEP], with A and B swapped in half the rows.
+    """[CLS] text [SEP] -> [CLS] A [SEP] B [SEP], with A and B swapped half the time.
 
     The cut falls at a random point in the middle half of the block; the label says
     whether the two segments were swapped (ALBERT's sentence-order prediction).
     """
-    rows, length = ids.shape
-    body = ids[:, 1:-2]  # one token gives way to the separator between the segments
-    cuts = rng.integers(body.shape[1] // 4, 3 * body.shape[1] // 4 + 1, rows)
-    swapped = rng.random(rows) < 0.5
-    out = np.empty_like(ids)
+    body = ids[1:-2]  # one token gives way to the separator between the segments
+    cut = rng.integers(len(body) // 4, 3 * len(body) // 4 + 1)
+    swapped = bool(rng.random() < 0.5)
+    first, second = (body[cut:], body[:cut]) if swapped else (body[:cut], body[cut:])
+    out = np.concatenate([ids[:1], first, [sep_id], second, [sep_id]])
     types = np.zeros_like(ids)
-    for row in range(rows):
-        first, second = body[row, : cuts[row]], body[row, cuts[row] :]
-        if swapped[row]:
-            first, second = second, first
-        out[row] = np.concatenate([ids[row, :1], first, [sep_id], second, [sep_id]])
-        types[row, len(first) + 2 :] = 1
-    return out, types, swapped.astype(np.int64)
+    types[len(first) + 2 :] = 1
+    return out, types, swapped
 
 
 def _share_with_word(draw: np.ndarray, is_continuation: np.ndarray) -> np.ndarray:
@@ -158,11 +164,12 @@ def run_pretrain(
     """Train, evaluate and save the encoder; returns metrics/pretrain.json's content."""
     resolve_precision(cfg.precision, "pretrain")  # refuse e.g. fp16 on CPU before any work
     rank, world = init_distributed()
-    train = np.load(tokens_dir / "train.npy")
-    validation = np.load(tokens_dir / "validation.npy")
-    if train.shape[1] != model_cfg.max_seq_len:
+    # Memory-mapped: each rank reads the rows of its own micro-batches, nothing up front.
+    train, header = open_blocks(tokens_dir, "train")
+    validation, _ = open_blocks(tokens_dir, "validation")
+    if header["block_len"] != model_cfg.max_seq_len:
         raise ConfigError(
-            f"{tokens_dir}/train.npy holds blocks of {train.shape[1]} tokens but "
+            f"{tokens_dir}/train.bin holds blocks of {header['block_len']} tokens but "
             f"model.max_seq_len is {model_cfg.max_seq_len}; re-run the tokenize stage"
         )
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -177,9 +184,7 @@ def run_pretrain(
         directory=checkpoint_dir,
         every=cfg.checkpoint_every,
         keep=cfg.keep_checkpoints,
-        fingerprint=fingerprint(
-            run_identity, model_cfg, seed, world, sha256_file(tokens_dir / "train.npy")
-        ),
+        fingerprint=fingerprint(run_identity, model_cfg, seed, world, header["sha256"]),
     )
     evaluator = MlmEvaluator(
         validation, build_masking(tokenizer, cfg, seed + 1), cfg.micro_batch_size

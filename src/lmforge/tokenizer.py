@@ -1,4 +1,4 @@
-"""Train a WordPiece tokenizer with `tokenizers`; save and load it; pack a corpus into blocks.
+"""Train a WordPiece tokenizer with `tokenizers`; save and load it; run the tokenize step.
 
 The saved folder holds `tokenizer.json` (read by `tokenizers` in the service) and the
 Hugging Face files, so `AutoTokenizer.from_pretrained(folder)` works too.
@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers.trainers import WordPieceTrainer
 
@@ -57,47 +56,37 @@ def load_tokenizer(folder: Path) -> Tokenizer:
     return Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
 
 
-def pack_blocks(tokenizer: Tokenizer, documents: Iterable[str], block_len: int) -> np.ndarray:
-    """Concatenate documents ([SEP] between them) into [CLS] ... [SEP] rows of `block_len`.
-
-    Packing wastes no positions on padding; the tail shorter than a block is dropped.
-    """
-    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
-    stream: list[int] = []
-    for enc in tokenizer.encode_batch(list(documents), add_special_tokens=False):
-        if enc.ids:
-            stream.extend(enc.ids)
-            stream.append(sep_id)
-    body = block_len - 2
-    rows = len(stream) // body
-    ids = np.asarray(stream[: rows * body], dtype=np.int32).reshape(rows, body)
-    cls_col = np.full((rows, 1), cls_id, np.int32)
-    sep_col = np.full((rows, 1), sep_id, np.int32)
-    return np.concatenate([cls_col, ids, sep_col], axis=1)
-
-
 def run_tokenize(
-    corpus: dict[str, list[str]],
+    prepared_corpus: dict[str, Path],
     vocab_size: int,
     min_frequency: int,
     lowercase: bool,
     block_len: int,
     tokenizer_dir: Path,
     tokens_dir: Path,
+    train_sample_mb: int = 256,
+    num_proc: int = 1,
 ) -> dict:
-    """Train on the corpus's train split, save the tokenizer, pack both splits into blocks."""
-    from lmforge.artifacts import atomic_dir
+    """Train on a sample of the train split, save the tokenizer, pack both splits into blocks.
 
-    tokenizer = train_tokenizer(corpus["train"], vocab_size, min_frequency, lowercase)
+    `prepared_corpus` maps split to its Parquet file. The tokenizer learns from every k-th
+    document, about `train_sample_mb` MB of text (all of it when the split is smaller).
+    """
+    from lmforge.artifacts import atomic_dir
+    from lmforge.data.corpus import corpus_batches, corpus_documents, sample_documents
+    from lmforge.tokens import pack_corpus
+
+    sample = sample_documents(prepared_corpus["train"], train_sample_mb << 20)
+    tokenizer = train_tokenizer(sample, vocab_size, min_frequency, lowercase)
     with atomic_dir(tokenizer_dir) as tmp:
         save_tokenizer(tokenizer, tmp, block_len)
     summary = {"vocab_size": tokenizer.get_vocab_size(), "block_len": block_len}
     with atomic_dir(tokens_dir) as tmp:
-        for split, documents in corpus.items():
-            blocks = pack_blocks(tokenizer, documents, block_len)
-            np.save(tmp / f"{split}.npy", blocks)
-            summary[f"{split}_blocks"] = len(blocks)
-            summary[f"{split}_tokens"] = int(blocks.size)
+        for split, path in prepared_corpus.items():
+            header = pack_corpus(
+                tokenizer, corpus_batches(path), block_len, tmp, split, num_proc,
+                total_documents=corpus_documents(path),
+            )  # fmt: skip
+            summary[f"{split}_blocks"] = header["blocks"]
+            summary[f"{split}_tokens"] = header["tokens"]
     return summary

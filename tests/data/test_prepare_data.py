@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 import lmforge.data.prepare as prepare_module
@@ -49,7 +50,7 @@ def test_writes_every_canonical_file(prepared):
     )
     assert names == [
         "classification/train.jsonl", "classification/validation.jsonl",
-        "corpus/train.txt", "corpus/validation.txt",
+        "corpus/train.parquet", "corpus/validation.parquet",
         "ner/train.jsonl", "ner/validation.jsonl",
         "qa/train.jsonl", "qa/validation.jsonl",
         "summary.json",
@@ -225,3 +226,32 @@ def test_read_prepared_errors(tmp_path):
     with pytest.raises(DataError, match="not a prepared ner record") as info:
         read_prepared(tmp_path, "ner", "train")
     assert info.value.line == 2
+
+
+def test_the_corpus_streams_through_in_chunks_smaller_than_a_file(tmp_path, monkeypatch):
+    """Files read 256 bytes and written 1 kB of text at a time give the whole corpus, in order."""
+    import lmforge.data.corpus as corpus_module
+
+    local = local_files(tmp_path)
+    docs = [f"Document {i} with caf\u00e9 text." for i in range(2000)]
+    big = tmp_path / "big.txt"
+    big.write_text("\n".join(docs) + "\n", encoding="utf-8")
+    local.corpus = SplitPaths(str(big), str(big))
+    monkeypatch.setattr(corpus_module, "ROW_GROUP_BYTES", 1000)
+    summary = prepare(
+        config("local", local, False), 0, tmp_path / "out", tmp_path / "raw", chunk_bytes=256
+    )
+    assert summary["counts"]["corpus"] == {"train": 2000, "validation": 2000}
+    assert read_prepared_corpus(tmp_path / "out", "train") == docs
+    # many bounded row groups, not one table of everything
+    assert pq.ParquetFile(tmp_path / "out/corpus/train.parquet").metadata.num_row_groups > 50
+
+
+def test_bad_bytes_deep_in_a_corpus_stop_prepare_with_file_and_line(tmp_path):
+    local = local_files(tmp_path)
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"fine text\n" * 5000 + b"\xff\n" + b"more\n" * 10)
+    local.corpus = SplitPaths(str(big), str(big))
+    with pytest.raises(DataError, match=rf"^{big}:5001: not valid UTF-8 \(byte 0xff\)"):
+        prepare(config("local", local), 0, tmp_path / "out", tmp_path / "raw", chunk_bytes=512)
+    assert not (tmp_path / "out").exists()

@@ -1,6 +1,6 @@
 """The prepare step: read the configured source, validate it, write canonical files atomically.
 
-Later stages read only what this writes, through `read_prepared` and `read_prepared_corpus`.
+Later stages read only what this writes, through `read_prepared` and `prepared_corpus`.
 """
 
 from __future__ import annotations
@@ -8,62 +8,88 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
+from itertools import chain
 from pathlib import Path
 
 from lmforge.artifacts import atomic_dir
 from lmforge.config import TASKS, DataConfig, LocalData
 from lmforge.data.conll import read_conll
+from lmforge.data.corpus import corpus_batches, write_corpus
 from lmforge.data.hub import hub_source, load_hub
 from lmforge.data.records import RECORD_TYPES, Example, to_json
 from lmforge.data.sample import write_sample_data
 from lmforge.data.squad import read_squad
 from lmforge.data.tabular import read_classification
-from lmforge.data.text import read_corpus
+from lmforge.data.text import CHUNK_BYTES, iter_corpus
 from lmforge.errors import DataError
 
 SPLITS = ("train", "validation")
 PARTS = ("corpus", *TASKS)
-# {"corpus": {"train": [str, ...], ...}, "classification": {"train": [Example, ...], ...}, ...}
+# {"classification": {"train": [Example, ...], ...}, ...}
 DataSplits = dict[str, dict[str, list]]
+# {"train": documents, "validation": documents}: streamed, never held whole
+CorpusSplits = dict[str, Iterable[str]]
 
 
-def prepare(cfg: DataConfig, seed: int, out_dir: str | Path, raw_dir: str | Path) -> dict:
-    """Read, validate and write every split of the corpus and the three tasks; return the summary."""
-    data, origins = load_source(cfg, seed, Path(raw_dir))
-    check(data, origins)
-    task_docs = task_text(data) if cfg.corpus_includes_task_text else []
-    data["corpus"]["train"] = data["corpus"]["train"] + task_docs
-    summary = {
-        "source": cfg.source,
-        "inputs": origins,
-        "counts": {
-            name: {split: len(rows) for split, rows in splits.items()}
-            for name, splits in data.items()
-        },
-        "labels": {task: labels(task, data[task]["train"]) for task in ("classification", "ner")},
-        "corpus_task_text_documents": len(task_docs),
-    }
-    _write_atomically(Path(out_dir), data, summary)
+def prepare(
+    cfg: DataConfig, seed: int, out_dir: str | Path, raw_dir: str | Path,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> dict:  # fmt: skip
+    """Read, validate and write every split of the corpus and the three tasks; return the summary.
+
+    The corpus streams from its files to `corpus/<split>.parquet`, `chunk_bytes` at a time.
+    """
+    corpus, tasks, origins = load_source(cfg, seed, Path(raw_dir), chunk_bytes)
+    check(tasks, origins)
+    task_docs = task_text(tasks) if cfg.corpus_includes_task_text else []
+    with atomic_dir(Path(out_dir)) as tmp:
+        # Written next to out_dir and renamed into place: a killed run never leaves it half-written.
+        corpus_counts = {}
+        for split in SPLITS:
+            docs = chain(corpus[split], task_docs) if split == "train" else corpus[split]
+            written = write_corpus(tmp / "corpus" / f"{split}.parquet", map(_one_line, docs))
+            if not written["documents"]:
+                raise DataError(origins["corpus"][split], f"the corpus {split} split is empty")
+            corpus_counts[split] = written["documents"]
+        summary = {
+            "source": cfg.source,
+            "inputs": origins,
+            "counts": {
+                "corpus": corpus_counts,
+                **{
+                    name: {s: len(rows) for s, rows in splits.items()}
+                    for name, splits in tasks.items()
+                },
+            },
+            "labels": {
+                task: labels(task, tasks[task]["train"]) for task in ("classification", "ner")
+            },
+            "corpus_task_text_documents": len(task_docs),
+        }
+        _write_tasks(tmp, tasks, summary)
     return summary
 
 
-def load_source(cfg: DataConfig, seed: int, raw_dir: Path) -> tuple[DataSplits, dict]:
-    """The data of `cfg.source` and, with the same shape, where each split came from."""
+def load_source(
+    cfg: DataConfig, seed: int, raw_dir: Path, chunk_bytes: int = CHUNK_BYTES
+) -> tuple[CorpusSplits, DataSplits, dict]:
+    """The corpus and task data of `cfg.source`, and where each split came from."""
     if cfg.source == "hf":
         origins = {
             name: {s: hub_source(getattr(cfg.hf, name), s) for s in SPLITS} for name in PARTS
         }
-        return load_hub(cfg.hf), origins
+        data = load_hub(cfg.hf)
+        return data.pop("corpus"), data, origins
     local = write_sample_data(raw_dir, cfg.sample, seed) if cfg.source == "sample" else cfg.local
     origins = {name: {s: str(getattr(getattr(local, name), s)) for s in SPLITS} for name in PARTS}
-    return read_local(local), origins
+    corpus = {s: iter_corpus(getattr(local.corpus, s), chunk_bytes, progress=True) for s in SPLITS}
+    return corpus, read_local_tasks(local), origins
 
 
-def read_local(local: LocalData) -> DataSplits:
-    """Every split of the local files, each through its format's reader."""
+def read_local_tasks(local: LocalData) -> DataSplits:
+    """Every split of the local task files, each through its format's reader."""
     table = local.classification
     return {
-        "corpus": {s: read_corpus(getattr(local.corpus, s)) for s in SPLITS},
         "classification": {
             s: read_classification(getattr(table, s), table.text_column, table.label_column)
             for s in SPLITS
@@ -74,7 +100,7 @@ def read_local(local: LocalData) -> DataSplits:
 
 
 def check(data: DataSplits, origins: dict) -> None:
-    """Every split has data; validation labels all occur in training (a model can predict them)."""
+    """Every task split has data; validation labels all occur in training (a model can predict them)."""
     for name, splits in data.items():
         for split, rows in splits.items():
             if not rows:
@@ -107,15 +133,12 @@ def task_text(data: DataSplits) -> list[str]:
     return texts
 
 
-def _write_atomically(out_dir: Path, data: DataSplits, summary: dict) -> None:
-    # Written next to out_dir and renamed into place: a killed run never leaves it half-written.
-    with atomic_dir(out_dir) as tmp:
-        for split in SPLITS:
-            _write_lines(tmp / "corpus" / f"{split}.txt", map(_one_line, data["corpus"][split]))
-            for task in TASKS:
-                rows = (json.dumps(to_json(e), ensure_ascii=False) for e in data[task][split])
-                _write_lines(tmp / task / f"{split}.jsonl", rows)
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+def _write_tasks(out_dir: Path, tasks: DataSplits, summary: dict) -> None:
+    for split in SPLITS:
+        for task in TASKS:
+            rows = (json.dumps(to_json(e), ensure_ascii=False) for e in tasks[task][split])
+            _write_lines(out_dir / task / f"{split}.jsonl", rows)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
 
 def _write_lines(path: Path, lines: Iterable[str]) -> None:
@@ -145,8 +168,16 @@ def read_prepared(out_dir: str | Path, task: str, split: str) -> list[Example]:
 
 
 def read_prepared_corpus(out_dir: str | Path, split: str) -> list[str]:
-    """Documents of one corpus split, one per line as `prepare` wrote them."""
-    return _prepared_lines(Path(out_dir) / "corpus" / f"{split}.txt")
+    """Documents of one corpus split, whole (small corpora and tests; `tokenize` streams)."""
+    return [doc for batch in corpus_batches(prepared_corpus(out_dir, split)) for doc in batch]
+
+
+def prepared_corpus(out_dir: str | Path, split: str) -> Path:
+    """The Parquet file of one corpus split, as `prepare` wrote it."""
+    path = Path(out_dir) / "corpus" / f"{split}.parquet"
+    if not path.is_file():
+        raise DataError(path, "not found; run the prepare stage first")
+    return path
 
 
 def _prepared_lines(path: Path) -> list[str]:

@@ -1,0 +1,144 @@
+"""Token files: a corpus packed into [CLS] ... [SEP] blocks, memory-mapped to train on.
+
+`<split>.bin` holds the blocks back to back, uint16 when the vocabulary fits (else
+uint32), as nanoGPT and Megatron store tokens; `<split>.json` says how to read it
+(dtype, block length, counts, content hash). Reading a block touches only its bytes,
+so opening a split costs the same whatever the corpus's size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from lmforge.errors import DataError
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+def pack_corpus(
+    tokenizer: Tokenizer,
+    batches: Iterable[list[str]],
+    block_len: int,
+    out_dir: Path,
+    split: str,
+    num_proc: int = 1,
+    total_documents: int | None = None,
+) -> dict:
+    """Concatenate documents ([SEP] between them) into [CLS] ... [SEP] rows of `block_len`.
+
+    Batches of documents are encoded by `num_proc` processes, in order, so the file is the
+    same for any `num_proc`; at most two batches per process are in flight. Packing
+    wastes no positions on padding; the tail shorter than a block is dropped.
+    Writes `<split>.bin` and `<split>.json` into `out_dir` and returns the header.
+    """
+    vocab_size = tokenizer.get_vocab_size()
+    dtype = token_dtype(vocab_size)
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    body = block_len - 2
+    carry = np.empty(0, dtype)
+    blocks = documents = 0
+    digest = hashlib.sha256()
+    bar = _bar(split, total_documents)
+    with (out_dir / f"{split}.bin").open("wb") as f:
+        for count, ids in _encoded(tokenizer, batches, num_proc, dtype):
+            stream = np.concatenate([carry, ids])
+            rows = len(stream) // body
+            out = np.empty((rows, block_len), dtype)
+            out[:, 0], out[:, -1] = cls_id, sep_id
+            out[:, 1:-1] = stream[: rows * body].reshape(rows, body)
+            data = out.tobytes()
+            f.write(data)
+            digest.update(data)
+            carry = stream[rows * body :]
+            blocks, documents = blocks + rows, documents + count
+            bar.update(count)
+    bar.close()
+    header = {
+        "dtype": dtype.name,
+        "block_len": block_len,
+        "blocks": blocks,
+        "tokens": blocks * block_len,
+        "documents": documents,
+        "vocab_size": vocab_size,
+        "sha256": digest.hexdigest(),
+    }
+    (out_dir / f"{split}.json").write_text(json.dumps(header, indent=2) + "\n", encoding="utf-8")
+    return header
+
+
+def open_blocks(tokens_dir: Path, split: str) -> tuple[np.ndarray, dict]:
+    """The blocks of a split as a read-only (blocks, block_len) memory map, and its header."""
+    header_path = Path(tokens_dir) / f"{split}.json"
+    path = header_path.with_suffix(".bin")
+    if not header_path.is_file() or not path.is_file():
+        raise DataError(path, "not found; run the tokenize stage first")
+    header = json.loads(header_path.read_text(encoding="utf-8"))
+    dtype = np.dtype(header["dtype"])
+    shape = (header["blocks"], header["block_len"])
+    if path.stat().st_size != shape[0] * shape[1] * dtype.itemsize:
+        raise DataError(
+            path, f"holds {path.stat().st_size} bytes, not the {shape} {dtype} blocks of "
+            f"{header_path.name}; re-run the tokenize stage",
+        )  # fmt: skip
+    if shape[0] == 0:  # an empty file cannot be mapped
+        return np.zeros(shape, dtype), header
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape), header
+
+
+def _encoded(
+    tokenizer: Tokenizer, batches: Iterable[list[str]], num_proc: int, dtype: np.dtype
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(documents, token ids with [SEP] after each document) per batch, in batch order."""
+    if num_proc <= 1:
+        _init_worker(tokenizer.to_str(), dtype.name, parallel=True)
+        yield from map(_encode, batches)
+        return
+    # spawn, not fork: the parent's tokenizer may have started Rust threads already.
+    context = multiprocessing.get_context("spawn")
+    init = (tokenizer.to_str(), dtype.name, False)
+    with context.Pool(num_proc, initializer=_init_worker, initargs=init) as pool:
+        pending: deque = deque()
+        for batch in batches:
+            pending.append(pool.apply_async(_encode, (batch,)))
+            if len(pending) >= 2 * num_proc:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+_worker: dict = {}
+
+
+def _init_worker(tokenizer_json: str, dtype: str, parallel: bool) -> None:
+    if not parallel:  # the processes are the parallelism; one thread each
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    _worker.update(tokenizer=tokenizer, dtype=np.dtype(dtype), sep=[tokenizer.token_to_id("[SEP]")])
+
+
+def _encode(documents: list[str]) -> tuple[int, np.ndarray]:
+    encodings = _worker["tokenizer"].encode_batch_fast(documents, add_special_tokens=False)
+    sep = _worker["sep"]
+    pieces = [part for ids in (e.ids for e in encodings) if ids for part in (ids, sep)]
+    total = sum(map(len, pieces))
+    flat = np.fromiter((i for piece in pieces for i in piece), _worker["dtype"], count=total)
+    return len(documents), flat
+
+
+def _bar(split: str, total: int | None):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"tokenize {split}", unit="doc", dynamic_ncols=True)
