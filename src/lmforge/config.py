@@ -89,7 +89,7 @@ class TokenizeConfig:
     lowercase: bool = True
     # The tokenizer learns from every k-th training document, about this much text (MB);
     # packing always covers the whole corpus.
-    train_sample_mb: int = 256
+    train_sample_mb: int = 64
 
 
 @dataclass

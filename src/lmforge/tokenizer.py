@@ -64,7 +64,7 @@ def run_tokenize(
     block_len: int,
     tokenizer_dir: Path,
     tokens_dir: Path,
-    train_sample_mb: int = 256,
+    train_sample_mb: int = 64,
     num_proc: int = 1,
 ) -> dict:
     """Train on a sample of the train split, save the tokenizer, pack both splits into blocks.
