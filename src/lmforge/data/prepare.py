@@ -15,7 +15,7 @@ from lmforge.config import TASKS, DataConfig, LocalData
 from lmforge.data.conll import read_conll
 from lmforge.data.hub import hub_source, load_hub
 from lmforge.data.records import RECORD_TYPES, Example, to_json
-from lmforge.data.sample import write_sample_data
+from lmforge.data.sample import sample_paths
 from lmforge.data.squad import read_squad
 from lmforge.data.tabular import read_classification
 from lmforge.data.text import read_corpus
@@ -27,9 +27,12 @@ PARTS = ("corpus", *TASKS)
 DataSplits = dict[str, dict[str, list]]
 
 
-def prepare(cfg: DataConfig, seed: int, out_dir: str | Path, raw_dir: str | Path) -> dict:
-    """Read, validate and write every split of the corpus and the three tasks; return the summary."""
-    data, origins = load_source(cfg, seed, Path(raw_dir))
+def prepare(cfg: DataConfig, out_dir: str | Path, sample_dir: str | Path) -> dict:
+    """Read, validate and write every split of the corpus and the three tasks; return the summary.
+
+    `sample_dir` holds the sample files (`stages.sample` writes them), read for source: sample.
+    """
+    data, origins = load_source(cfg, Path(sample_dir))
     check(data, origins)
     task_docs = task_text(data) if cfg.corpus_includes_task_text else []
     data["corpus"]["train"] = data["corpus"]["train"] + task_docs
@@ -47,14 +50,14 @@ def prepare(cfg: DataConfig, seed: int, out_dir: str | Path, raw_dir: str | Path
     return summary
 
 
-def load_source(cfg: DataConfig, seed: int, raw_dir: Path) -> tuple[DataSplits, dict]:
+def load_source(cfg: DataConfig, sample_dir: Path) -> tuple[DataSplits, dict]:
     """The data of `cfg.source` and, with the same shape, where each split came from."""
     if cfg.source == "hf":
         origins = {
             name: {s: hub_source(getattr(cfg.hf, name), s) for s in SPLITS} for name in PARTS
         }
         return load_hub(cfg.hf), origins
-    local = write_sample_data(raw_dir, cfg.sample, seed) if cfg.source == "sample" else cfg.local
+    local = sample_paths(sample_dir) if cfg.source == "sample" else cfg.local
     origins = {name: {s: str(getattr(getattr(local, name), s)) for s in SPLITS} for name in PARTS}
     return read_local(local), origins
 
