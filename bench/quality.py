@@ -187,9 +187,8 @@ def run_pipeline(work: Path, preset: dict, tasks: Sequence[str], env: dict, para
     write_params(work, preset)
     logs = work / "logs"
     seconds = {}
-    # Training a WordPiece tokenizer is not deterministic (huggingface/tokenizers#1794):
-    # re-tokenizing would change the token blocks, and a killed pretraining could no
-    # longer resume. Data and tokens of identical settings are kept instead.
+    # Data and tokens of identical settings are kept: re-running prepare and tokenize would
+    # only spend minutes rebuilding the same files (the tokenizer build is deterministic).
     stamp = work / "data" / "tokenized.json"
     inputs = json.dumps(
         [preset["seed"], preset["data"], preset["tokenize"], preset["model"]["max_seq_len"]]
@@ -197,7 +196,7 @@ def run_pipeline(work: Path, preset: dict, tasks: Sequence[str], env: dict, para
     if not (stamp.is_file() and stamp.read_text(encoding="utf-8") == inputs):
         stamp.unlink(missing_ok=True)
         data_jobs = [
-            Job("prepare", "prepare", ["--raw", "data/raw", "--out", "data/prepared"], work),
+            Job("prepare", "prepare", ["--out", "data/prepared"], work),
             Job(
                 "tokenize",
                 "tokenize",

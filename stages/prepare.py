@@ -10,11 +10,11 @@ from lmforge.stage import log, run_stage
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--raw", type=Path, default=Path("data/raw"))
+    parser.add_argument("--sample", type=Path, default=Path("data/sample"))
     parser.add_argument("--out", type=Path, default=Path("data/prepared"))
     args = parser.parse_args()
     params = load_params()
-    summary = prepare(params.data, params.seed, args.out, args.raw)
+    summary = prepare(params.data, args.out, args.sample)
     log.info("prepared %s", summary)
 
 

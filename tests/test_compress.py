@@ -33,7 +33,9 @@ SENTENCES = [
     "the food was cold and the service slow",
 ]
 QA_CONTEXT = "john smith works for acme in london . he moved there from paris in the spring"
-FAST = dict(latency_runs=5, quant_search=False, max_metric_drop=1.0)
+# The full fusion profile: on these tiny models the lean one leaves too much in fp32 for the
+# size checks below (on the default model both shrink 3.7x).
+FAST = dict(latency_runs=5, quant_search=False, max_metric_drop=1.0, graph_profile="full")
 
 
 def examples_for(task: str) -> list:
@@ -104,8 +106,8 @@ def workspace(tmp_path_factory) -> Path:
     return root
 
 
-def run(workspace: Path, task: str, **overrides) -> tuple[dict, Path]:
-    out = workspace / "serving" / task
+def run(workspace: Path, task: str, folder: str = "serving", **overrides) -> tuple[dict, Path]:
+    out = workspace / folder / task
     cfg = CompressConfig(**{**FAST, **overrides})
     metrics = compress_task(task, workspace / "finetuned" / task, workspace / "prepared", out, cfg)
     return metrics, out
@@ -182,12 +184,20 @@ def test_metrics_follow_the_contract(compressed, task_name):
 
 def test_graph_is_fused_before_quantizing(compressed):
     graph = compressed["classification"][0]["graph"]
-    profiles = graph["profiles"]
-    assert profiles["full"]["fused_operators"]["Attention"] == 2
-    assert profiles["full"]["fused_operators"]["SkipLayerNormalization"] == 4
-    assert profiles["lean"]["fused_operators"]["LayerNormalization"] == 5
-    assert graph["profile"] in profiles and graph["timed"] == "int8"
-    assert all(p["latency_b1_ms"] > 0 and p["latency_b8_ms"] > 0 for p in profiles.values())
+    assert graph["profile"] == "full"
+    assert graph["fused_operators"]["Attention"] == 2
+    assert graph["fused_operators"]["SkipLayerNormalization"] == 4
+
+
+def test_same_inputs_build_the_same_files(workspace):
+    """The graph profile is a param, not a timing: two builds of the same params are
+    byte-identical (DVC hashes stay put), and lean fuses only LayerNorm and GELU."""
+    builds = [run(workspace, "ner", f"lean{i}", graph_profile="lean") for i in range(2)]
+    graph = builds[0][0]["graph"]
+    assert graph["profile"] == "lean" and graph["fused_operators"]["LayerNormalization"] == 5
+    assert "Attention" not in graph["fused_operators"]
+    first = {name: sha256_file(builds[0][1] / name) for name in ("model.onnx", "model.int8.onnx")}
+    assert first == {name: sha256_file(builds[1][1] / name) for name in first}
 
 
 def test_format_search_is_measured(compressed):

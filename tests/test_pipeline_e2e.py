@@ -1,23 +1,24 @@
 """The whole DVC pipeline on the default params, in a scratch copy of the repository.
 
 Checks every artifact and metric path of the contract, that a second `dvc repro` has
-nothing to do, and that the service answers all three tasks from what was built.
+nothing to do, that the committed dvc.lock and metrics are what the run produced (timings
+aside), and that the service answers all three tasks from what was built.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from support import REPO
+from support import REPO, repo_copy, run_checked
 
 TASKS = ("classification", "ner", "qa")
 TASK_METRICS = {
@@ -27,36 +28,12 @@ TASK_METRICS = {
 }
 
 
-def _run(args: list[str], cwd: Path, env: dict) -> str:
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, (
-        f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-    )
-    return result.stdout
-
-
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory) -> Path:
-    """A copy of the working tree (tracked and untracked-but-not-ignored files), reproduced."""
+    """A copy of the working tree, as a clean clone has it, reproduced."""
     root = tmp_path_factory.mktemp("e2e") / "repo"
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    ).stdout.split("\0")  # fmt: skip
-    for name in filter(None, files):
-        source = REPO / name
-        if source.is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, root / name)
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), str(root / "src")]))
-    env.pop("LMFORGE_ARTIFACTS", None)
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    _run([*git, "init", "-q"], root, env)
-    _run([*git, "add", "-A"], root, env)
-    _run([*git, "commit", "-qm", "copy"], root, env)
-    _run(["dvc", "repro"], root, env)
+    env = repo_copy(root)
+    run_checked(["dvc", "repro"], root, env)
     return root
 
 
@@ -111,15 +88,67 @@ def test_repro_again_is_up_to_date(pipeline):
     env = dict(
         os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
     )
-    out = _run(["dvc", "status"], pipeline, env)
+    out = run_checked(["dvc", "status"], pipeline, env)
     assert "Data and pipelines are up to date" in out, out
-    shown = _run(["dvc", "metrics", "show", "--json"], pipeline, env)
+    shown = run_checked(["dvc", "metrics", "show", "--json"], pipeline, env)
     text = json.dumps(json.loads(shown))
     for name in [
         "metrics/pretrain.json",
         *(f"metrics/{s}/{t}.json" for s in ("finetune", "compress") for t in TASKS),
     ]:
         assert name in text, f"dvc metrics show lacks {name}"
+
+
+# Wall-clock measurements: they differ run to run, so the files holding them (metrics and
+# plots) are compared value by value without them; every other file by its dvc.lock hash.
+TIMING_KEYS = {"tokens_per_second", "train_seconds", "speedup_int8_vs_torch"}
+TIMED_DIRS = ("metrics/", "plots/")
+REFRESH = "run `dvc repro` on a clean clone and commit dvc.lock, metrics/ and plots/"
+
+
+def _is_timing(key: str) -> bool:
+    return key in TIMING_KEYS or key.endswith("_ms")
+
+
+def _without_timings(value):
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if not _is_timing(k)}
+    return value
+
+
+def _lock_without_timed_hashes(path: Path) -> dict:
+    lock = yaml.safe_load(path.read_text())
+    for entry in lock["stages"].values():
+        for item in entry.get("deps", []) + entry.get("outs", []):
+            if item["path"].startswith(TIMED_DIRS):
+                item.pop("md5", None)
+                item.pop("size", None)
+    return lock
+
+
+def test_committed_lock_is_what_a_clean_repro_gives(pipeline):
+    """Every dep and out hash (all but the timing-holding metrics and plots), cmd and param."""
+    committed = _lock_without_timed_hashes(REPO / "dvc.lock")["stages"]
+    produced = _lock_without_timed_hashes(pipeline / "dvc.lock")["stages"]
+    assert committed.keys() == produced.keys()
+    drifted = [stage for stage in committed if committed[stage] != produced[stage]]
+    assert not drifted, f"dvc.lock drifted in {drifted}: {REFRESH}"
+
+
+def test_committed_metrics_are_what_a_clean_repro_gives(pipeline):
+    names = sorted(
+        str(p.relative_to(REPO)) for d in TIMED_DIRS for p in (REPO / d).rglob("*") if p.is_file()
+    )
+    assert len(names) == 11, names  # 7 metrics files, 4 plots
+    for name in names:
+        ours, theirs = REPO / name, pipeline / name
+        if name.endswith(".json"):
+            want, got = (_without_timings(_json(p)) for p in (ours, theirs))
+        else:
+            want, got = (
+                [_without_timings(row) for row in csv.DictReader(p.open())] for p in (ours, theirs)
+            )
+        assert got == want, f"{name} drifted from the committed one: {REFRESH}"
 
 
 def _wait_ready(client, seconds: float = 60.0) -> bool:

@@ -159,6 +159,10 @@ class CompressConfig:
     per_channel: bool = False
     reduce_range: bool = False
     optimize_graph: bool = True
+    # Fusion profile of model.onnx (see lmforge.compress.optimize). Set here, not picked by
+    # a timing at run time, so the same params always build the same graph; lean was the
+    # faster on this project's CPU (bench/inference.py compares both).
+    graph_profile: Literal["full", "lean"] = "lean"
     parity_tolerance: float = 1e-4
     latency_runs: int = 50
     opset: int = 17

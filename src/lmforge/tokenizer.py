@@ -1,4 +1,4 @@
-"""Train a WordPiece tokenizer with `tokenizers`; save and load it; run the tokenize step.
+"""Train a WordPiece tokenizer for `tokenizers`; save and load it; run the tokenize step.
 
 The saved folder holds `tokenizer.json` (read by `tokenizers` in the service) and the
 Hugging Face files, so `AutoTokenizer.from_pretrained(folder)` works too.
@@ -10,7 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-from tokenizers.trainers import WordPieceTrainer
+
+from lmforge.wordpiece import PREFIX, build_vocab, count_words
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -18,15 +19,23 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 def train_tokenizer(
     texts: Iterable[str], vocab_size: int, min_frequency: int, lowercase: bool
 ) -> Tokenizer:
-    """A BERT-style WordPiece tokenizer (normalizer, pre-tokenizer, [CLS]/[SEP] template)."""
+    """A BERT-style WordPiece tokenizer (normalizer, pre-tokenizer, [CLS]/[SEP] template).
+
+    The vocabulary is built by `lmforge.wordpiece` rather than `tokenizers`' WordPieceTrainer,
+    whose ties fall in hash-map order: the same texts give the same bytes in every process.
+    """
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece()
-    trainer = WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS
+    tokenizer.decoder = decoders.WordPiece(prefix=PREFIX)
+    vocab = build_vocab(count_words(tokenizer, texts), vocab_size, min_frequency, SPECIAL_TOKENS)
+    tokenizer.model = models.WordPiece(
+        {token: i for i, token in enumerate(vocab)},
+        unk_token="[UNK]",
+        continuing_subword_prefix=PREFIX,
     )
-    tokenizer.train_from_iterator(texts, trainer)
+    # As upstream training does: special tokens in text are matched whole, never split.
+    tokenizer.add_special_tokens(SPECIAL_TOKENS)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",

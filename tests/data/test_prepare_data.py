@@ -18,7 +18,7 @@ from lmforge.config import (
 )
 from lmforge.data.prepare import prepare, read_prepared, read_prepared_corpus
 from lmforge.data.records import ClassificationExample, NerExample, QaExample
-from lmforge.data.sample import write_sample_data
+from lmforge.data.sample import sample_paths, write_sample_data
 from lmforge.data.tabular import read_classification
 from lmforge.errors import DataError
 
@@ -39,7 +39,8 @@ def config(source="sample", local=NO_FILES, includes_task_text=True):
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("prepared")
-    summary = prepare(config(), 3, root / "out", root / "raw")
+    write_sample_data(root / "sample", SIZES, 3)
+    summary = prepare(config(), root / "out", root / "sample")
     return root, summary
 
 
@@ -72,7 +73,7 @@ def test_summary_counts_and_labels(prepared):
 
 def test_prepared_records_round_trip(prepared):
     root, summary = prepared
-    table = write_sample_data(root / "again", SIZES, 3).classification
+    table = sample_paths(root / "sample").classification
     assert read_prepared(root / "out", "classification", "train") == read_classification(
         table.train, table.text_column, table.label_column
     )
@@ -100,8 +101,8 @@ def test_corpus_includes_task_text(prepared):
 
 
 def test_corpus_without_task_text(tmp_path, prepared):
-    _, with_text = prepared
-    summary = prepare(config(includes_task_text=False), 3, tmp_path / "out", tmp_path / "raw")
+    root, with_text = prepared
+    summary = prepare(config(includes_task_text=False), tmp_path / "out", root / "sample")
     assert summary["corpus_task_text_documents"] == 0
     assert summary["counts"]["corpus"]["train"] == (
         with_text["counts"]["corpus"]["train"] - with_text["corpus_task_text_documents"]
@@ -149,10 +150,9 @@ def local_files(tmp_path, ner_validation="Oslo B-LOC\n", label_validation="pos")
 
 def test_local_source(tmp_path):
     cfg = config("local", local_files(tmp_path), includes_task_text=False)
-    summary = prepare(cfg, 0, tmp_path / "out", tmp_path / "raw")
+    summary = prepare(cfg, tmp_path / "out", tmp_path / "sample")
     assert summary["counts"]["corpus"] == {"train": 2, "validation": 2}
     assert read_prepared_corpus(tmp_path / "out", "train") == ["Line one. Continued.", "Line two."]
-    assert not (tmp_path / "raw").exists()
 
 
 def test_validation_label_not_in_training(tmp_path):
@@ -161,14 +161,14 @@ def test_validation_label_not_in_training(tmp_path):
         DataError,
         match=r"dev\.jsonl: label 'neutral' does not occur in the training data .*train\.csv, labels: neg, pos",
     ):
-        prepare(cfg, 0, tmp_path / "out", tmp_path / "raw")
+        prepare(cfg, tmp_path / "out", tmp_path / "sample")
     assert not (tmp_path / "out").exists()
 
 
 def test_validation_ner_tag_not_in_training(tmp_path):
     cfg = config("local", local_files(tmp_path, ner_validation="UN B-ORG\n"))
     with pytest.raises(DataError, match=r"dev\.conll: label 'B-ORG' does not occur"):
-        prepare(cfg, 0, tmp_path / "out", tmp_path / "raw")
+        prepare(cfg, tmp_path / "out", tmp_path / "sample")
 
 
 def test_hub_source_and_empty_split(tmp_path, monkeypatch):
@@ -180,14 +180,14 @@ def test_hub_source_and_empty_split(tmp_path, monkeypatch):
     }
     monkeypatch.setattr(prepare_module, "load_hub", lambda cfg: data)
     with pytest.raises(DataError, match=r"^hf:q\[validation\]: the qa validation split is empty"):
-        prepare(config("hf"), 0, tmp_path / "out", tmp_path / "raw")
+        prepare(config("hf"), tmp_path / "out", tmp_path / "sample")
 
 
 def test_output_is_replaced_whole(tmp_path):
     cfg = config("local", local_files(tmp_path))
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "stale.txt").write_text("old run")
-    prepare(cfg, 0, tmp_path / "out", tmp_path / "raw")
+    prepare(cfg, tmp_path / "out", tmp_path / "sample")
     assert not (tmp_path / "out" / "stale.txt").exists()
     assert (tmp_path / "out" / "summary.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
@@ -196,7 +196,7 @@ def test_output_is_replaced_whole(tmp_path):
 def test_failed_write_leaves_previous_output_untouched(tmp_path, monkeypatch):
     cfg = config("local", local_files(tmp_path))
     out = tmp_path / "out"
-    prepare(cfg, 0, out, tmp_path / "raw")
+    prepare(cfg, out, tmp_path / "sample")
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     real_write = prepare_module._write_lines
     written = []
@@ -209,7 +209,7 @@ def test_failed_write_leaves_previous_output_untouched(tmp_path, monkeypatch):
 
     monkeypatch.setattr(prepare_module, "_write_lines", dies_midway)
     with pytest.raises(KeyboardInterrupt):
-        prepare(cfg, 0, out, tmp_path / "raw")
+        prepare(cfg, out, tmp_path / "sample")
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
 
@@ -239,7 +239,7 @@ def test_the_corpus_streams_through_in_chunks_smaller_than_a_file(tmp_path, monk
     local.corpus = SplitPaths(str(big), str(big))
     monkeypatch.setattr(corpus_module, "ROW_GROUP_BYTES", 1000)
     summary = prepare(
-        config("local", local, False), 0, tmp_path / "out", tmp_path / "raw", chunk_bytes=256
+        config("local", local, False), tmp_path / "out", tmp_path / "sample", chunk_bytes=256
     )
     assert summary["counts"]["corpus"] == {"train": 2000, "validation": 2000}
     assert read_prepared_corpus(tmp_path / "out", "train") == docs
@@ -253,5 +253,5 @@ def test_bad_bytes_deep_in_a_corpus_stop_prepare_with_file_and_line(tmp_path):
     big.write_bytes(b"fine text\n" * 5000 + b"\xff\n" + b"more\n" * 10)
     local.corpus = SplitPaths(str(big), str(big))
     with pytest.raises(DataError, match=rf"^{big}:5001: not valid UTF-8 \(byte 0xff\)"):
-        prepare(config("local", local), 0, tmp_path / "out", tmp_path / "raw", chunk_bytes=512)
+        prepare(config("local", local), tmp_path / "out", tmp_path / "sample", chunk_bytes=512)
     assert not (tmp_path / "out").exists()

@@ -5,13 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from lmforge.config import SampleData
+from lmforge.config import SampleData, load_params
 from lmforge.data.conll import read_conll
-from lmforge.data.sample import ADJECTIVES, write_sample_data
+from lmforge.data.sample import ADJECTIVES, sample_paths, write_sample_data
 from lmforge.data.squad import read_squad
 from lmforge.data.tabular import read_classification
 from lmforge.data.text import read_corpus
 from lmforge.errors import ConfigError
+from support import REPO
 
 SIZES = SampleData(
     classification_examples=400, ner_sentences=300, qa_examples=200, validation_fraction=0.25
@@ -120,3 +121,18 @@ def test_qa_answers_are_located_and_questions_varied(sample):
 def test_too_small_a_size_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="data.sample.qa_examples must be at least 2"):
         write_sample_data(tmp_path, SampleData(qa_examples=1), seed=0)
+
+
+def test_paths_match_the_written_files(sample):
+    out, written = sample
+    assert sample_paths(out) == written
+
+
+def test_committed_sample_data_is_what_params_generate(tmp_path):
+    """data/sample is committed (source: sample reads it on a fresh clone); it must be
+    exactly what the sample stage writes for params.yaml, or DVC would see a stale out."""
+    params = load_params(REPO / "params.yaml")
+    write_sample_data(tmp_path, params.data.sample, params.seed)
+    assert files(REPO / "data" / "sample") == files(tmp_path)
+    total = sum(len(b) for b in files(tmp_path).values())
+    assert total < 1_000_000, f"sample data grew to {total} bytes; it is committed to git"

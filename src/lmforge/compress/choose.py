@@ -1,5 +1,6 @@
-"""Decisions made by measuring, not guessing: the fusion profile by latency, the int8
-format by accuracy, and which nodes stay fp32 by how much their quantization hurts.
+"""Decisions made by measuring, not guessing: the int8 format by accuracy, and which nodes
+stay fp32 by how much their quantization hurts. Nothing here depends on timings, so the
+same fp32 graph always gives the same int8 model.
 """
 
 from __future__ import annotations
@@ -10,10 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from lmforge.compress.measure import latency
-from lmforge.compress.optimize import PROFILES, optimize_graph
 from lmforge.compress.quantize import QuantOptions, candidates, quantizable_nodes, quantize
-from lmforge.compress.runtime import ort_runner, ort_session
 
 log = logging.getLogger("lmforge.compress")
 
@@ -30,51 +28,6 @@ class Evaluation:
 
 
 Evaluate = Callable[[Path], Evaluation]
-
-
-def choose_graph(
-    exported: Path,
-    workdir: Path,
-    num_heads: int,
-    hidden_size: int,
-    timing: dict[int, dict],
-    threads: int,
-    runs: int,
-    int8: QuantOptions | None,
-) -> tuple[Path, dict]:
-    """Fuse `exported` with each profile; return the graph that serves fastest, and timings.
-
-    With `int8` the quantized graphs are timed (that is what the service loads). Speed is
-    the median latency per example, summed over the batch sizes in `timing`.
-    """
-    paths, fused, calls = {}, {}, {}
-    for profile in PROFILES:
-        paths[profile] = workdir / f"{profile}.onnx"
-        fused[profile] = optimize_graph(exported, paths[profile], num_heads, hidden_size, profile)
-        timed = paths[profile]
-        if int8 is not None:
-            timed = workdir / f"{profile}.int8.onnx"
-            quantize(paths[profile], timed, int8)
-        run = ort_runner(ort_session(timed, threads))
-        for batch, inputs in timing.items():
-            calls[f"{profile}/b{batch}"] = lambda r=run, x=inputs: r(x)
-    times = latency(calls, runs)
-    per_example = {p: sum(times[f"{p}/b{b}"]["p50"] / b for b in timing) for p in PROFILES}
-    best = min(per_example, key=per_example.__getitem__)
-    report = {
-        "profile": best,
-        "fused_operators": fused[best],
-        "timed": "int8" if int8 is not None else "fp32",
-        "profiles": {
-            p: {
-                "fused_operators": fused[p],
-                **{f"latency_b{b}_ms": round(times[f"{p}/b{b}"]["p50"], 3) for b in timing},
-            }
-            for p in PROFILES
-        },
-    }
-    log.info("graph profile %s: %s", best, report["profiles"])
-    return paths[best], report
 
 
 def choose_quantization(

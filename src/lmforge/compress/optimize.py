@@ -5,7 +5,8 @@ Two fusion profiles, because which is faster depends on the CPU and onnxruntime 
 "full" fuses everything the optimizer knows (Attention, EmbedLayerNormalization,
 SkipLayerNormalization with bias, BiasGelu); "lean" fuses only LayerNormalization and
 BiasGelu and leaves attention as MatMul/Softmax, so that onnxruntime folds each bias into
-its (int8) MatMul at load time. The compress stage times both and keeps the faster.
+its (int8) MatMul at load time. The compress stage uses `compress.graph_profile` (a param,
+so a build never depends on a timing); bench/inference.py times both.
 """
 
 from __future__ import annotations

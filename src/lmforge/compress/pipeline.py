@@ -1,7 +1,8 @@
 """The compress stage for one task: fine-tuned folder in, self-contained serving folder out.
 
 export (parity-checked) -> graph optimization (parity-checked) -> int8 chosen by measured
-accuracy -> metric, latency and size of PyTorch fp32, ONNX fp32 and ONNX int8.
+accuracy -> metric, latency and size of PyTorch fp32, ONNX fp32 and ONNX int8. Latencies
+are reported only: no file written here depends on a timing.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import transformers
 
 import lmforge
 from lmforge.artifacts import atomic_dir, read_json, sha256_file, write_json
-from lmforge.compress.choose import Evaluation, choose_graph, choose_quantization
+from lmforge.compress.choose import Evaluation, choose_quantization
 from lmforge.compress.export import check_parity, export_onnx, max_abs_diff, sequence_outputs
 from lmforge.compress.measure import latency, size_mb, timing_inputs
+from lmforge.compress.optimize import optimize_graph
 from lmforge.compress.quantize import QuantOptions
 from lmforge.compress.runtime import (
     ort_runner,
@@ -107,9 +109,7 @@ def compress_task(
         work = Path(tmp)
         exported, export_diff = export_checked(val, finetuned_dir, timing.inputs[8], cfg, work)
         files = {"torch": finetuned_dir / "model.safetensors", "onnx_fp32": staging / "model.onnx"}
-        parity, graph = optimize_checked(
-            val, exported, files["onnx_fp32"], model.config, timing, cfg, work
-        )
+        parity, graph = optimize_checked(val, exported, files["onnx_fp32"], model.config, cfg)
         quantization = None
         if cfg.quantize:
             files["onnx_int8"] = staging / "model.int8.onnx"
@@ -167,24 +167,14 @@ def export_checked(
 
 
 def optimize_checked(
-    val: Validation,
-    exported: Path,
-    dst: Path,
-    config,
-    timing: Timing,
-    cfg: CompressConfig,
-    work: Path,
+    val: Validation, exported: Path, dst: Path, config, cfg: CompressConfig
 ) -> tuple[dict, dict]:
-    """Write model.onnx (fused when cfg.optimize_graph) and check it against PyTorch."""
+    """Write model.onnx (fused with cfg.graph_profile when cfg.optimize_graph), checked."""
     graph: dict = {"profile": "none", "fused_operators": {}}
     if cfg.optimize_graph:
-        int8 = QuantOptions("int8", cfg.per_channel, cfg.reduce_range) if cfg.quantize else None
         heads, hidden = config.num_attention_heads, config.hidden_size
-        runs = max(5, timing.runs // 2)
-        chosen, graph = choose_graph(
-            exported, work, heads, hidden, timing.inputs, timing.threads, runs, int8
-        )
-        shutil.copyfile(chosen, dst)
+        fused = optimize_graph(exported, dst, heads, hidden, cfg.graph_profile)
+        graph = {"profile": cfg.graph_profile, "fused_operators": fused}
     else:
         shutil.copyfile(exported, dst)
     diff = val.diff(val.run_onnx(dst), val.reference)

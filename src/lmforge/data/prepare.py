@@ -17,7 +17,7 @@ from lmforge.data.conll import read_conll
 from lmforge.data.corpus import corpus_batches, write_corpus
 from lmforge.data.hub import hub_source, load_hub
 from lmforge.data.records import RECORD_TYPES, Example, to_json
-from lmforge.data.sample import write_sample_data
+from lmforge.data.sample import sample_paths
 from lmforge.data.squad import read_squad
 from lmforge.data.tabular import read_classification
 from lmforge.data.text import CHUNK_BYTES, iter_corpus
@@ -32,14 +32,14 @@ CorpusSplits = dict[str, Iterable[str]]
 
 
 def prepare(
-    cfg: DataConfig, seed: int, out_dir: str | Path, raw_dir: str | Path,
-    chunk_bytes: int = CHUNK_BYTES,
-) -> dict:  # fmt: skip
+    cfg: DataConfig, out_dir: str | Path, sample_dir: str | Path, chunk_bytes: int = CHUNK_BYTES
+) -> dict:
     """Read, validate and write every split of the corpus and the three tasks; return the summary.
 
+    `sample_dir` holds the sample files (`stages.sample` writes them), read for source: sample.
     The corpus streams from its files to `corpus/<split>.parquet`, `chunk_bytes` at a time.
     """
-    corpus, tasks, origins = load_source(cfg, seed, Path(raw_dir), chunk_bytes)
+    corpus, tasks, origins = load_source(cfg, Path(sample_dir), chunk_bytes)
     check(tasks, origins)
     task_docs = task_text(tasks) if cfg.corpus_includes_task_text else []
     with atomic_dir(Path(out_dir)) as tmp:
@@ -71,7 +71,7 @@ def prepare(
 
 
 def load_source(
-    cfg: DataConfig, seed: int, raw_dir: Path, chunk_bytes: int = CHUNK_BYTES
+    cfg: DataConfig, sample_dir: Path, chunk_bytes: int = CHUNK_BYTES
 ) -> tuple[CorpusSplits, DataSplits, dict]:
     """The corpus and task data of `cfg.source`, and where each split came from."""
     if cfg.source == "hf":
@@ -80,7 +80,7 @@ def load_source(
         }
         data = load_hub(cfg.hf)
         return data.pop("corpus"), data, origins
-    local = write_sample_data(raw_dir, cfg.sample, seed) if cfg.source == "sample" else cfg.local
+    local = sample_paths(sample_dir) if cfg.source == "sample" else cfg.local
     origins = {name: {s: str(getattr(getattr(local, name), s)) for s in SPLITS} for name in PARTS}
     corpus = {s: iter_corpus(getattr(local.corpus, s), chunk_bytes, progress=True) for s in SPLITS}
     return corpus, read_local_tasks(local), origins

@@ -34,6 +34,19 @@ def write_sample_data(out_dir: str | Path, cfg: SampleData, seed: int) -> LocalD
     )
 
 
+def sample_paths(out_dir: str | Path) -> LocalData:
+    """Where `write_sample_data` puts each file: what `data.source: sample` reads."""
+    out = Path(out_dir)
+    return LocalData(
+        corpus=SplitPaths(str(out / "corpus/train.txt"), str(out / "corpus/validation.txt")),
+        classification=TablePaths(
+            str(out / "classification/train.csv"), str(out / "classification/validation.jsonl")
+        ),
+        ner=SplitPaths(str(out / "ner/train.conll"), str(out / "ner/validation.conll")),
+        qa=SplitPaths(str(out / "qa/train.json"), str(out / "qa/validation.json")),
+    )
+
+
 def split_sizes(total: int, fraction: float, key: str) -> tuple[int, int]:
     """(train, validation) sizes; both splits get at least one item."""
     n_val = max(1, round(total * fraction))
