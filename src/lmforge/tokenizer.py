@@ -78,6 +78,15 @@ def pack_blocks(tokenizer: Tokenizer, documents: Iterable[str], block_len: int) 
     return np.concatenate([cls_col, ids, sep_col], axis=1)
 
 
+def unk_rate(tokenizer: Tokenizer, blocks: np.ndarray) -> float:
+    """Share of the text's tokens (special tokens aside) that are [UNK]: characters the
+    vocabulary lacks, which no model can read."""
+    special = [tokenizer.token_to_id(token) for token in SPECIAL_TOKENS]
+    text_tokens = int((~np.isin(blocks, special)).sum())
+    unknown = int((blocks == tokenizer.token_to_id("[UNK]")).sum())
+    return unknown / max(text_tokens + unknown, 1)
+
+
 def run_tokenize(
     corpus: dict[str, list[str]],
     vocab_size: int,

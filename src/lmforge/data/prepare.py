@@ -20,6 +20,7 @@ from lmforge.data.squad import read_squad
 from lmforge.data.tabular import read_classification
 from lmforge.data.text import read_corpus
 from lmforge.errors import DataError
+from lmforge.tasks.script import join_tokens
 
 SPLITS = ("train", "validation")
 PARTS = ("corpus", *TASKS)
@@ -30,8 +31,12 @@ DataSplits = dict[str, dict[str, list]]
 def prepare(cfg: DataConfig, seed: int, out_dir: str | Path, raw_dir: str | Path) -> dict:
     """Read, validate and write every split of the corpus and the three tasks; return the summary."""
     data, origins = load_source(cfg, seed, Path(raw_dir))
+    if cfg.source == "local" and cfg.local.corpus is None:
+        # No unlabelled text: pretraining reads the tasks' text, evaluation their validation text.
+        data["corpus"] = {"train": [], "validation": task_text(data, "validation")}
+        origins["corpus"] = {s: f"the {s} splits' text of the tasks" for s in SPLITS}
     check(data, origins)
-    task_docs = task_text(data) if cfg.corpus_includes_task_text else []
+    task_docs = task_text(data, "train") if cfg.corpus_includes_task_text else []
     data["corpus"]["train"] = data["corpus"]["train"] + task_docs
     summary = {
         "source": cfg.source,
@@ -55,15 +60,17 @@ def load_source(cfg: DataConfig, seed: int, raw_dir: Path) -> tuple[DataSplits, 
         }
         return load_hub(cfg.hf), origins
     local = write_sample_data(raw_dir, cfg.sample, seed) if cfg.source == "sample" else cfg.local
-    origins = {name: {s: str(getattr(getattr(local, name), s)) for s in SPLITS} for name in PARTS}
+    parts = [name for name in PARTS if getattr(local, name) is not None]
+    origins = {name: {s: str(getattr(getattr(local, name), s)) for s in SPLITS} for name in parts}
     return read_local(local), origins
 
 
 def read_local(local: LocalData) -> DataSplits:
     """Every split of the local files, each through its format's reader."""
     table = local.classification
+    corpus = local.corpus
     return {
-        "corpus": {s: read_corpus(getattr(local.corpus, s)) for s in SPLITS},
+        "corpus": {s: read_corpus(getattr(corpus, s)) if corpus else [] for s in SPLITS},
         "classification": {
             s: read_classification(getattr(table, s), table.text_column, table.label_column)
             for s in SPLITS
@@ -98,12 +105,12 @@ def labels(task: str, examples: list[Example]) -> list[str]:
     return sorted(tags, key=lambda t: (t != "O", t[2:], t[:2]))
 
 
-def task_text(data: DataSplits) -> list[str]:
-    """Training text of the tasks as corpus documents: in-domain text for pretraining."""
-    texts = [e.text for e in data["classification"]["train"]]
-    texts += [" ".join(e.tokens) for e in data["ner"]["train"]]
+def task_text(data: DataSplits, split: str) -> list[str]:
+    """Text of the tasks' `split` as corpus documents: in-domain text for pretraining."""
+    texts = [e.text for e in data["classification"][split]]
+    texts += [join_tokens(e.tokens) for e in data["ner"][split]]
     # Many questions share a context; one copy of each is enough.
-    texts += dict.fromkeys(e.context for e in data["qa"]["train"])
+    texts += dict.fromkeys(e.context for e in data["qa"][split])
     return texts
 
 
