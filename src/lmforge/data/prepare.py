@@ -31,12 +31,13 @@ DataSplits = dict[str, dict[str, list]]
 def prepare(cfg: DataConfig, seed: int, out_dir: str | Path, raw_dir: str | Path) -> dict:
     """Read, validate and write every split of the corpus and the three tasks; return the summary."""
     data, origins = load_source(cfg, seed, Path(raw_dir))
-    if cfg.source == "local" and cfg.local.corpus is None:
-        # No unlabelled text: pretraining reads the tasks' text, evaluation their validation text.
-        data["corpus"] = {"train": [], "validation": task_text(data, "validation")}
-        origins["corpus"] = {s: f"the {s} splits' text of the tasks" for s in SPLITS}
+    unlabelled = cfg.source != "local" or cfg.local.corpus is not None
+    if not unlabelled:
+        # No unlabelled text: the corpus is the tasks' text (validation's for evaluation).
+        data["corpus"] = {s: task_text(data, s) for s in SPLITS}
+        origins["corpus"] = {s: f"the text of the tasks' {s} splits" for s in SPLITS}
     check(data, origins)
-    task_docs = task_text(data, "train") if cfg.corpus_includes_task_text else []
+    task_docs = task_text(data, "train") if cfg.corpus_includes_task_text and unlabelled else []
     data["corpus"]["train"] = data["corpus"]["train"] + task_docs
     summary = {
         "source": cfg.source,
