@@ -31,6 +31,8 @@ DataSplits = dict[str, dict[str, list]]
 def prepare(cfg: DataConfig, seed: int, out_dir: str | Path, raw_dir: str | Path) -> dict:
     """Read, validate and write every split of the corpus and the three tasks; return the summary."""
     data, origins = load_source(cfg, seed, Path(raw_dir))
+    # dvc.yaml declares raw_dir an output whatever the source; only sample data fills it.
+    Path(raw_dir).mkdir(parents=True, exist_ok=True)
     unlabelled = cfg.source != "local" or cfg.local.corpus is not None
     if not unlabelled:
         # No unlabelled text: the corpus is the tasks' text (validation's for evaluation).
