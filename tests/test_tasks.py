@@ -21,7 +21,7 @@ from lmforge.tasks.qa import (
 )
 from lmforge.tasks.registry import TASKS
 from lmforge.tasks.script import join_tokens
-from lmforge.tokenizer import train_tokenizer
+from lmforge.tokenizer import pack_blocks, train_tokenizer, unk_rate
 
 TEXTS = [
     "Maria Lopez flew from Paris to Berlin to meet the board of Acme Corporation.",
@@ -304,3 +304,10 @@ def test_trim_padding_cuts_only_all_padding_columns():
     assert trimmed["input_ids"].shape == (2, 3)
     assert trimmed["labels"].shape == (2,)
     assert isinstance(Features(inputs=batch), Features)
+
+
+def test_unk_rate_counts_unknown_characters_among_text_tokens():
+    tokenizer = train_tokenizer(["高勇在北京工作", "北京大学"] * 3, 100, 1, lowercase=True)
+    blocks = pack_blocks(tokenizer, ["北京工作", "上海工作"], 6)  # 上, 海 are unseen
+    # Blocks of 4: 北 京 工 作 | [SEP] [UNK] [UNK] 工: 7 text tokens, 2 of them [UNK]
+    assert unk_rate(tokenizer, blocks) == pytest.approx(2 / 7)
