@@ -138,30 +138,17 @@ class Classifier(TaskModel):
 class Tagger(TaskModel):
     task = "ner"
 
-    def __init__(self, manifest: dict, tokenizer: Tokenizer, session: ort.InferenceSession) -> None:
-        super().__init__(manifest, tokenizer, session)
-        # Texts longer than one window are read in windows overlapping by a quarter, so
-        # every word is tagged with at least an eighth of a window of context on each side.
-        self.stride = self.max_seq_len // 4
-
     def samples(self):
         return ["Ada Lovelace lived in London.", "London " * self.max_seq_len]
 
     def encode(self, items: list[str]):
-        inputs, offsets, word_ids, owners = ner.encode_texts(
-            self.tokenizer, items, self.max_seq_len, self.stride
-        )
-        return inputs, (offsets, word_ids, owners)
+        # Words and windows as evaluation reads them (lmforge.tasks.ner), so the served
+        # entities are the ones the stage scored.
+        return ner.encode_texts(self.tokenizer, items, self.max_seq_len)
 
     def decode(self, outputs, items, state):
-        offsets, word_ids, owners = state
-        windows: list[list] = [[] for _ in items]
-        for row, owner in enumerate(owners):
-            windows[owner].append((outputs["logits"][row], offsets[row], word_ids[row]))
-        return [
-            {"entities": ner.extract_entities(text, windows[i], self.labels)}
-            for i, text in enumerate(items)
-        ]
+        entities = ner.entities_of(items, outputs["logits"], state, self.labels)
+        return [{"entities": e} for e in entities]
 
     def expected_shapes(self, rows, seq):
         return {"logits": (rows, seq, len(self.labels))}

@@ -51,12 +51,24 @@ def test_default_params_load():
         ({"model": {"num_heads": 3}}, None, "must be divisible by model.num_heads"),
         ({"finetune": {"qa": {"init": "warm"}}}, None, "finetune.qa.init must be one of"),
         ({"pretrain": {"use_cache": True}}, None, "unknown key pretrain.use_cache"),
+        (
+            {"data": {"source": "local", "corpus_includes_task_text": False}},
+            "data.local.corpus",
+            "data.local.corpus is omitted and data.corpus_includes_task_text is false",
+        ),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, override, drop, message):
     with pytest.raises(ConfigError) as err:
         load(tmp_path, override, drop)
     assert message in str(err.value)
+
+
+def test_local_corpus_may_be_omitted(tmp_path):
+    assert (
+        load(tmp_path, {"data": {"source": "local"}}, "data.local.corpus").data.local.corpus is None
+    )
+    assert load(tmp_path, {"data": {"local": {"corpus": None}}}).data.local.corpus is None
 
 
 def test_scientific_notation_string_is_a_number(tmp_path):

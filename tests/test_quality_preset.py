@@ -12,6 +12,7 @@ from lmforge.config import TASKS, load_params
 from support import REPO, SHARED_DATA
 
 PRESET = REPO / "params-real.yaml"
+ZH_PRESET = REPO / "params-zh.yaml"
 
 
 def load_bench():
@@ -69,6 +70,43 @@ def test_tfidf_baseline_on_a_tiny_dataset():
     assert result["f1_macro"] == 1.0
     assert result["C"] in (1.0, 10.0)
     assert set(result["holdout_accuracy"]) == {"1.0", "10.0"}
+
+
+def test_tfidf_baseline_reads_chinese_as_characters():
+    bench = load_bench()
+    good, bad = (
+        ["服务很好", "房间干净很好", "早餐不错", "很好很方便"],
+        ["服务很差", "房间太脏", "早餐难吃", "很差很吵"],
+    )
+    train_texts = [f"{t}{i}" for i in range(5) for t in good + bad]
+    train_labels = [label for _ in range(5) for label in ["1"] * 4 + ["0"] * 4]
+    result = bench.tfidf_baseline(
+        train_texts,
+        train_labels,
+        ["位置很好", "位置很差"],
+        ["1", "0"],
+        cs=(1.0, 10.0),
+        holdout=0.25,
+    )
+    assert result["features"] == "char 1-3 grams"
+    assert result["accuracy"] == 1.0
+
+
+def test_chinese_preset_pretrains_on_the_task_text():
+    params = load_params(ZH_PRESET)
+    assert params.data.source == "local" and params.data.local.corpus is None
+    assert params.data.corpus_includes_task_text
+    assert params.finetune.qa.max_seq_len <= params.model.max_seq_len
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} not present")
+def test_chinese_preset_points_at_the_shared_chinese_data():
+    local = load_params(ZH_PRESET).data.local
+    for part in TASKS:
+        for split in ("train", "validation"):
+            path = REPO / getattr(getattr(local, part), split)
+            assert path.is_file(), f"data.local.{part}.{split}: {path} not found"
+            assert path.resolve().is_relative_to((SHARED_DATA / "zh").resolve())
 
 
 def test_table_and_goals():

@@ -35,10 +35,12 @@ class TablePaths(SplitPaths):
 
 @dataclass
 class LocalData:
-    corpus: SplitPaths
     classification: TablePaths
     ner: SplitPaths
     qa: SplitPaths
+    # Unlabelled text; omitted (or null): pretraining reads the task splits' text alone
+    # (train for training, validation for its evaluation).
+    corpus: SplitPaths | None = None
 
 
 @dataclass
@@ -275,6 +277,13 @@ def validate(p: Params) -> None:
     _check(m.max_seq_len >= 16, f"model.max_seq_len must be at least 16, got {m.max_seq_len}")
     _check(p.tokenize.vocab_size >= 100, "tokenize.vocab_size must be at least 100")
     _check(p.tokenize.train_sample_mb > 0, "tokenize.train_sample_mb must be positive")
+    _check(
+        p.data.source != "local"
+        or p.data.local.corpus is not None
+        or p.data.corpus_includes_task_text,
+        "data.local.corpus is omitted and data.corpus_includes_task_text is false: "
+        "pretraining would have no text",
+    )
     validate_engine(p.pretrain, "pretrain")
     _check(p.pretrain.max_steps > 0, "pretrain.max_steps must be positive")
     _check(p.pretrain.num_procs >= 1, "pretrain.num_procs must be at least 1")

@@ -28,7 +28,7 @@ from lmforge.engine import (
 from lmforge.errors import ConfigError
 from lmforge.modeling import bert_config, masked_lm
 from lmforge.tasks.base import IGNORE_INDEX
-from lmforge.tokenizer import SPECIAL_TOKENS, load_tokenizer
+from lmforge.tokenizer import SPECIAL_TOKENS, load_tokenizer, unk_rate
 from lmforge.tokens import open_blocks
 
 log = logging.getLogger("lmforge.pretrain")
@@ -209,6 +209,7 @@ def run_pretrain(
         "train_loss": result.final_loss,
         "resumed_from_step": result.resumed_from,
         "ranks": world,
+        "validation_unk_rate": round(unk_rate(tokenizer, validation), 6),
     }
 
 

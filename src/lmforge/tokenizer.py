@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from lmforge.wordpiece import PREFIX, build_vocab, count_words
@@ -63,6 +64,15 @@ def save_tokenizer(tokenizer: Tokenizer, out_dir: Path, model_max_length: int) -
 
 def load_tokenizer(folder: Path) -> Tokenizer:
     return Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
+
+
+def unk_rate(tokenizer: Tokenizer, blocks: np.ndarray) -> float:
+    """Share of the text's tokens (special tokens aside) that are [UNK]: characters the
+    vocabulary lacks, which no model can read."""
+    special = [tokenizer.token_to_id(token) for token in SPECIAL_TOKENS]
+    text_tokens = int((~np.isin(blocks, special)).sum())
+    unknown = int((blocks == tokenizer.token_to_id("[UNK]")).sum())
+    return unknown / max(text_tokens + unknown, 1)
 
 
 def run_tokenize(

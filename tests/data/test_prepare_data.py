@@ -1,5 +1,6 @@
 """The prepare step: sources, validation, atomic canonical output, and reading it back."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -28,7 +29,10 @@ SIZES = SampleData(
 HUB = HubData(*(HubDataset(name) for name in ("w", "c", "n", "q")))
 # Read only when source is local; tests of that source pass their own files.
 NO_FILES = LocalData(
-    SplitPaths("-", "-"), TablePaths("-", "-"), SplitPaths("-", "-"), SplitPaths("-", "-")
+    corpus=SplitPaths("-", "-"),
+    classification=TablePaths("-", "-"),
+    ner=SplitPaths("-", "-"),
+    qa=SplitPaths("-", "-"),
 )
 
 
@@ -146,6 +150,27 @@ def local_files(tmp_path, ner_validation="Oslo B-LOC\n", label_validation="pos")
         ner=SplitPaths(p["train.conll"], p["dev.conll"]),
         qa=SplitPaths(p["squad.json"], p["squad.json"]),
     )
+
+
+def test_omitted_corpus_is_the_text_of_the_tasks(tmp_path):
+    local = dataclasses.replace(local_files(tmp_path), corpus=None)
+    summary = prepare(config("local", local), tmp_path / "out", tmp_path / "sample")
+    assert read_prepared_corpus(tmp_path / "out", "train") == [
+        "good",
+        "bad",
+        "Peter in Oslo",
+        "Ada.",
+    ]
+    assert read_prepared_corpus(tmp_path / "out", "validation") == ["fine", "Oslo", "Ada."]
+    assert summary["inputs"]["corpus"]["train"] == "the text of the tasks' train splits"
+
+
+def test_chinese_ner_sentences_join_without_spaces(tmp_path):
+    local = dataclasses.replace(local_files(tmp_path), corpus=None)
+    chinese = "高 B-NAME\n勇 I-NAME\n1 O\n9 O\n\nOslo B-LOC\n"
+    Path(local.ner.train).write_text(chinese, encoding="utf-8")
+    prepare(config("local", local), tmp_path / "out", tmp_path / "sample")
+    assert "高勇19" in read_prepared_corpus(tmp_path / "out", "train")
 
 
 def test_local_source(tmp_path):

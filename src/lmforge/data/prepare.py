@@ -22,6 +22,7 @@ from lmforge.data.squad import read_squad
 from lmforge.data.tabular import read_classification
 from lmforge.data.text import CHUNK_BYTES, iter_corpus
 from lmforge.errors import DataError
+from lmforge.tasks.script import join_tokens
 
 SPLITS = ("train", "validation")
 PARTS = ("corpus", *TASKS)
@@ -41,7 +42,9 @@ def prepare(
     """
     corpus, tasks, origins = load_source(cfg, Path(sample_dir), chunk_bytes)
     check(tasks, origins)
-    task_docs = task_text(tasks) if cfg.corpus_includes_task_text else []
+    unlabelled = cfg.source != "local" or cfg.local.corpus is not None
+    # Without an unlabelled corpus the corpus already is the tasks' text.
+    task_docs = task_text(tasks, "train") if cfg.corpus_includes_task_text and unlabelled else []
     with atomic_dir(Path(out_dir)) as tmp:
         # Written next to out_dir and renamed into place: a killed run never leaves it half-written.
         corpus_counts = {}
@@ -81,9 +84,15 @@ def load_source(
         data = load_hub(cfg.hf)
         return data.pop("corpus"), data, origins
     local = sample_paths(sample_dir) if cfg.source == "sample" else cfg.local
-    origins = {name: {s: str(getattr(getattr(local, name), s)) for s in SPLITS} for name in PARTS}
+    parts = [name for name in PARTS if getattr(local, name) is not None]
+    origins = {name: {s: str(getattr(getattr(local, name), s)) for s in SPLITS} for name in parts}
+    tasks = read_local_tasks(local)
+    if local.corpus is None:
+        # No unlabelled text: the corpus is the tasks' text (validation's for evaluation).
+        origins["corpus"] = {s: f"the text of the tasks' {s} splits" for s in SPLITS}
+        return {s: task_text(tasks, s) for s in SPLITS}, tasks, origins
     corpus = {s: iter_corpus(getattr(local.corpus, s), chunk_bytes, progress=True) for s in SPLITS}
-    return corpus, read_local_tasks(local), origins
+    return corpus, tasks, origins
 
 
 def read_local_tasks(local: LocalData) -> DataSplits:
@@ -124,12 +133,12 @@ def labels(task: str, examples: list[Example]) -> list[str]:
     return sorted(tags, key=lambda t: (t != "O", t[2:], t[:2]))
 
 
-def task_text(data: DataSplits) -> list[str]:
-    """Training text of the tasks as corpus documents: in-domain text for pretraining."""
-    texts = [e.text for e in data["classification"]["train"]]
-    texts += [" ".join(e.tokens) for e in data["ner"]["train"]]
+def task_text(data: DataSplits, split: str) -> list[str]:
+    """Text of the tasks' `split` as corpus documents: in-domain text for pretraining."""
+    texts = [e.text for e in data["classification"][split]]
+    texts += [join_tokens(e.tokens) for e in data["ner"][split]]
     # Many questions share a context; one copy of each is enough.
-    texts += dict.fromkeys(e.context for e in data["qa"]["train"])
+    texts += dict.fromkeys(e.context for e in data["qa"][split])
     return texts
 
 

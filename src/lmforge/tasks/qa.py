@@ -1,4 +1,5 @@
-"""Extractive QA: answer spans in a context read in overlapping windows; SQuAD EM/F1.
+"""Extractive QA: answer spans in a context read in overlapping windows; EM/F1 by SQuAD's
+rule, or CMRC 2018's for Chinese answers.
 
 The same `best_answers` picks spans for evaluation and for the service, with
 character offsets into the original context.
@@ -24,6 +25,7 @@ from lmforge.tasks.base import (
     to_arrays,
     windows_of,
 )
+from lmforge.tasks.script import has_cjk
 
 
 class QaTask(Task):
@@ -72,7 +74,7 @@ class QaTask(Task):
             max_answer_len,
             allow_null=allow_null,
         )
-        return squad_scores([a["answer"] for a in answers], [ex.answer_texts for ex in examples])
+        return qa_scores([a["answer"] for a in answers], [ex.answer_texts for ex in examples])
 
 
 def encode_pairs(
@@ -188,7 +190,7 @@ def best_answers(
     return results
 
 
-# --- SQuAD v1.1/v2.0 official metric definitions -------------------------------------
+# --- scoring: SQuAD v1.1/v2.0 for text without CJK characters, CMRC 2018 for text with them
 
 
 def normalize_answer(text: str) -> str:
@@ -216,12 +218,72 @@ def f1(prediction: str, truth: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def squad_scores(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
-    """Mean over questions of the best EM and F1 against any reference answer."""
+# CMRC 2018's evaluation script (cmrc2018_evaluate.py, v5): its `sp_char` punctuation is
+# dropped; its list's "……" entry is two characters and never matches one, so it is left out.
+CMRC_PUNCTUATION = frozenset("-:_*^/\\~`+=，。：？！“”；’《》·、「」（）－～『』")
+_CMRC_CHINESE = re.compile("[\u4e00-\u9fa5]")
+# The script splits the runs between Chinese characters with nltk.word_tokenize; lmforge
+# does not depend on nltk: words and single punctuation marks come close (both split
+# "nexon(2004)" into nexon ( 2004 )).
+_CMRC_RUN_WORDS = re.compile(r"\w+|[^\w\s]")
+
+
+def cmrc_segments(text: str) -> list[str]:
+    """Lower-cased text as CMRC 2018 scores it: each Chinese character one segment, the
+    runs between them split into words, CMRC's punctuation dropped."""
+    segments: list[str] = []
+    run = ""
+    for char in text.lower().strip():
+        if char in CMRC_PUNCTUATION:
+            continue
+        if _CMRC_CHINESE.match(char):
+            segments += _CMRC_RUN_WORDS.findall(run)
+            run = ""
+            segments.append(char)
+        else:
+            run += char
+    return segments + _CMRC_RUN_WORDS.findall(run)
+
+
+def cmrc_exact_match(prediction: str, truth: str) -> float:
+    def strip(text: str) -> str:
+        return "".join(ch for ch in text.lower().strip() if ch not in CMRC_PUNCTUATION)
+
+    return float(strip(prediction) == strip(truth))
+
+
+def cmrc_f1(prediction: str, truth: str) -> float:
+    """F1 of the longest common run of segments (CMRC 2018 counts a contiguous overlap,
+    where SQuAD counts a bag of words)."""
+    pred, true = cmrc_segments(prediction), cmrc_segments(truth)
+    longest = _longest_common_run(pred, true)
+    if longest == 0:
+        return 0.0
+    precision, recall = longest / len(pred), longest / len(true)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _longest_common_run(a: list[str], b: list[str]) -> int:
+    best, previous = 0, [0] * (len(b) + 1)
+    for x in a:
+        current = [0] * (len(b) + 1)
+        for j, y in enumerate(b, start=1):
+            if x == y:
+                current[j] = previous[j - 1] + 1
+                best = max(best, current[j])
+        previous = current
+    return best
+
+
+def qa_scores(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
+    """Mean over questions of the best EM and F1 against any reference answer: CMRC 2018's
+    rule for questions whose references hold CJK characters, SQuAD's for the others."""
     em = f1_total = 0.0
     for prediction, truths in zip(predictions, references, strict=True):
         truths = truths or [""]
-        em += max(exact_match(prediction, t) for t in truths)
-        f1_total += max(f1(prediction, t) for t in truths)
+        chinese = any(has_cjk(t) for t in truths)
+        em_of, f1_of = (cmrc_exact_match, cmrc_f1) if chinese else (exact_match, f1)
+        em += max(em_of(prediction, t) for t in truths)
+        f1_total += max(f1_of(prediction, t) for t in truths)
     n = max(len(predictions), 1)
     return {"exact_match": em / n, "f1": f1_total / n}
