@@ -131,12 +131,27 @@ def test_editing_a_local_file_in_place_reruns_prepare(reproduced):
     before = json.loads((root / "data/prepared/summary.json").read_text())
     with corpus.open("a", encoding="utf-8") as f:
         f.write("\nA new paragraph written after the first run.\n")
-    status = run_checked(["dvc", "status", "prepare"], root, env)
-    assert "prepare:" in status and "modified:" in status, status
+    # The file is a dep of inputs@corpus, whose fingerprint is a dep of prepare.
+    status = run_checked(["dvc", "status", "--with-deps", "prepare"], root, env)
+    assert "inputs@corpus:" in status and "modified:" in status, status
     assert "ext/corpus/train.txt" in status, status  # DVC prints outside paths absolute
+    assert "inputs@ner:" not in status, status
     out = run_checked(["dvc", "repro", "prepare"], root, env)
-    assert "Running stage 'prepare'" in out, out
+    assert "Running stage 'inputs@corpus'" in out and "Running stage 'prepare'" in out, out
     after = json.loads((root / "data/prepared/summary.json").read_text())
     assert after["counts"]["corpus"]["train"] == before["counts"]["corpus"]["train"] + 1
-    status = run_checked(["dvc", "status", "prepare"], root, env)
+    status = run_checked(["dvc", "status", "--with-deps", "prepare"], root, env)
     assert "up to date" in status, status
+
+
+def test_an_omitted_corpus_has_no_inputs_stage(reproduced):
+    """Only labelled data: no data.local.corpus, the corpus is the tasks' text."""
+    root, _, env = reproduced
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    del params["data"]["local"]["corpus"]
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stages = run_checked(["dvc", "stage", "list"], root, env)
+    assert "inputs@ner" in stages and "inputs@corpus" not in stages, stages
+    run_checked(["dvc", "repro", "prepare"], root, env)
+    summary = json.loads((root / "data/prepared/summary.json").read_text())
+    assert summary["inputs"]["corpus"]["train"] == "the text of the tasks' train splits"
