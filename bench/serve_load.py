@@ -364,10 +364,11 @@ def server(name: str, command: list[str], env: dict[str, str]) -> Iterator[str]:
                 proc.kill()
 
 
-def start(name: str, task: str, serving: Path, finetuned: Path):
-    if name == "lmforge":
+def start(name: str, task: str, serving: Path, finetuned: Path, variants: dict):
+    if name.startswith("lmforge"):
         env = os.environ | {"LMFORGE_ARTIFACTS": str(serving.parent), "LMFORGE_TASKS": task}
         env.pop("LMFORGE_API_KEY", None)  # the load sends no key (nor do the baselines)
+        env |= variants.get(name, {})
         return server(name, [sys.executable, "-m", "uvicorn", "serve.app:app"], env)
     command = [sys.executable, __file__, "--serve", name, "--task", task]
     command += ["--serving", str(serving.parent), "--finetuned", str(finetuned.parent)]
@@ -392,12 +393,16 @@ def serve_baseline(args: argparse.Namespace) -> None:
 def run_task(args, size: str, task: str, serving: Path, finetuned: Path) -> dict:
     """All servers up at once; at each concurrency level they take turns."""
     bodies = payloads(args.data, task)
-    runs: dict[str, dict] = {name: {} for name in args.servers}
+    names = [*args.servers, *args.variants]
+    runs: dict[str, dict] = {name: {} for name in names}
     with contextlib.ExitStack() as stack:
-        bases = {n: stack.enter_context(start(n, task, serving, finetuned)) for n in args.servers}
+        bases = {
+            name: stack.enter_context(start(name, task, serving, finetuned, args.variants))
+            for name in names
+        }
         for concurrency in args.concurrency:
             for name, base in bases.items():
-                before = batch_totals(base, task) if name == "lmforge" else None
+                before = batch_totals(base, task) if name.startswith("lmforge") else None
                 url = f"{base}/v1/{ROUTES[task]}"
                 result = asyncio.run(drive(url, bodies, concurrency, args.duration, args.warmup))
                 if before is not None:
@@ -406,7 +411,7 @@ def run_task(args, size: str, task: str, serving: Path, finetuned: Path) -> dict
                     result["mean_batch_size"] = round(items / calls, 2) if calls else None
                 runs[name][str(concurrency)] = result
                 print(
-                    f"{size:7s} {task:14s} {name:7s} c={concurrency:<3d} "
+                    f"{size:7s} {task:14s} {name:16s} c={concurrency:<3d} "
                     + " ".join(f"{k}={v}" for k, v in result.items()),
                     flush=True,
                 )
@@ -417,7 +422,7 @@ def ratios(runs: dict) -> dict:
     """lmforge against each baseline per level: throughput ratio and whether p99 is lower."""
     out = {}
     for name in runs:
-        if name == "lmforge" or "lmforge" not in runs:
+        if name.startswith("lmforge") or "lmforge" not in runs:
             continue
         out[name] = {}
         for level, ours in runs["lmforge"].items():
@@ -444,6 +449,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.5, help="seconds before each level")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/serve_load.json")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:LMFORGE_X=V,...",
+        help="also run lmforge with these settings, as lmforge[NAME] (e.g. nolog:LMFORGE_ACCESS_LOG=0)",
+    )
     # Internal: run one baseline server (this script starts it in its own process).
     parser.add_argument("--serve", choices=SERVERS[1:], help=argparse.SUPPRESS)
     parser.add_argument("--task", help=argparse.SUPPRESS)
@@ -452,9 +464,18 @@ def main() -> None:
     if args.serve:
         serve_baseline(args)
         return
+    args.variants = {}
+    for spec in args.variant:
+        label, _, pairs = spec.partition(":")
+        args.variants[f"lmforge[{label}]"] = dict(kv.split("=", 1) for kv in pairs.split(","))
 
     sizes = args.sizes or ["default", "6x384"]
-    results: dict = {"duration_s": args.duration, "cpu_count": os.cpu_count(), "sizes": {}}
+    results: dict = {
+        "duration_s": args.duration,
+        "cpu_count": os.cpu_count(),
+        "variants": args.variants,
+        "sizes": {},
+    }
     for size in sizes:
         results["sizes"][size] = {}
         for task in args.tasks:

@@ -253,9 +253,14 @@ class Reader(TaskModel):
 
     def decode(self, outputs, items, state):
         contexts = [c for _, c in items]
-        return qa.best_answers(
-            outputs["start_logits"], outputs["end_logits"], state, contexts, self.max_answer_len
+        # Padding is no part of a window: its logits must not dilute a span's probability,
+        # or an answer's score would depend on the requests it was batched with.
+        seq = outputs["start_logits"].shape[1]
+        padding = state.inputs["attention_mask"][:, :seq] == 0
+        start, end = (
+            np.where(padding, PAD_LOGIT, outputs[k]) for k in ("start_logits", "end_logits")
         )
+        return qa.best_answers(start, end, state, contexts, self.max_answer_len)
 
     def expected_shapes(self, rows, seq):
         return {"start_logits": (rows, seq), "end_logits": (rows, seq)}
