@@ -222,7 +222,8 @@ def build_large(task: str, serving: Path, finetuned: Path, out: Path) -> tuple[P
         optimize_graph(raw, lean, LARGE["heads"], LARGE["hidden"], "lean")
         quantize(lean, serve_dir / "model.int8.onnx", QuantOptions())
     manifest |= {"model_file": "model.int8.onnx", "quantized": True, "version": "random-6x384"}
-    manifest.pop("fp32_model_file", None)
+    for stale in ("fp32_model_file", "source_sha256"):
+        manifest.pop(stale, None)
     (serve_dir / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return serve_dir, torch_dir
 
