@@ -144,7 +144,7 @@ class MicroBatcher:
             for job in batch:
                 try:
                     self._check(job.items)
-                except Exception as exc:
+                except BaseException as exc:  # a tokenizers panic too: never end the worker
                     job.error = exc
         items = [item for job in batch if job.error is None for item in job.items]
         results: list = []
