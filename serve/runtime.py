@@ -269,7 +269,7 @@ class Reader(TaskModel):
 MODELS: dict[str, type[TaskModel]] = {m.task: m for m in (Classifier, Tagger, Reader)}
 
 
-PAD_LOGIT = float(np.finfo(np.float32).min)
+PAD_LOGIT = -1e9  # exp() of it is 0, and two of them still add up in float32
 
 
 def token_chunks(lengths: np.ndarray, budget: int) -> list[slice]:
