@@ -73,12 +73,9 @@ class BodyGuard:
         if media != b"application/json" and not media.endswith(b"+json"):
             message = "send the body as JSON, with Content-Type: application/json"
             return None, error_response(415, "unsupported_media_type", message)
-        too_large = error_response(
-            413, "body_too_large", f"the body is over {self.max_bytes} bytes (max_body_bytes)"
-        )
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            return None, too_large
+            return None, self._too_large()
         body = bytearray()
         more = True
         while more:
@@ -88,13 +85,17 @@ class BodyGuard:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > self.max_bytes:
-                return None, too_large
+                return None, self._too_large()
         try:
             body.decode("utf-8")
         except UnicodeDecodeError as exc:
             message = f"the body is not valid UTF-8 (byte {exc.start})"
             return None, error_response(400, "invalid_utf8", message)
         return bytes(body), None
+
+    def _too_large(self) -> ErrorJSON:
+        message = f"the body is over {self.max_bytes} bytes (max_body_bytes)"
+        return error_response(413, "body_too_large", message)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -169,7 +170,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v1)
     add_error_handlers(app)
     app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
-    app.add_middleware(AccessLog, metrics=metrics)  # added last: outermost, sees every status
+    # Added last: outermost, sees every status.
+    app.add_middleware(AccessLog, metrics=metrics, log_requests=settings.access_log)
     return app
 
 

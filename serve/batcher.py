@@ -1,6 +1,7 @@
 """Micro-batching: concurrent requests for one task become one onnxruntime call.
 
-One worker thread per task runs the batches, so inference stays off the event loop.
+One worker thread per task gathers the batches and runs them, so the event loop only
+enqueues a request and is woken once per batch with every result of it.
 """
 
 from __future__ import annotations
@@ -8,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from serve.metrics import Metrics
@@ -32,6 +33,7 @@ class _Job:
     items: list
     future: asyncio.Future
     enqueued: float = field(default_factory=time.monotonic)
+    error: BaseException | None = None  # set by the worker when `check` refuses the items
 
 
 class MicroBatcher:
@@ -41,8 +43,11 @@ class MicroBatcher:
     `max_wait_s`; requests that queued while the previous batch ran go at once. The wait
     is only worth paying under concurrency: once a batch ran alone with nothing queued
     behind it, the next request goes at once (a lone client pays no window), and waiting
-    resumes as soon as requests overlap again. One worker thread per task runs the
-    batches, so inference stays off the event loop.
+    resumes as soon as requests overlap again.
+
+    The worker thread does everything but the enqueueing: waiting for company, `check`
+    (per request: its exception fails that request alone), `predict`, metrics. It hands
+    a batch's results back to the event loop in one call.
     """
 
     def __init__(
@@ -54,98 +59,132 @@ class MicroBatcher:
         max_items: int,
         max_queue: int,
         metrics: Metrics,
+        check: Callable[[list], None] | None = None,
     ) -> None:
         self.task = task
         self._predict = predict
+        self._check = check
         self._max_wait = max_wait_s
         self._max_items = max_items
         self._max_queue = max_queue
-        self._metrics = metrics
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{task}")
+        self._batch_size = metrics.batch_size.labels(task)
+        self._inference = metrics.inference.labels(task)
+        self._queue_depth = metrics.queue_depth.labels(task)
+        self._loop = asyncio.get_running_loop()
+        self._ready = threading.Condition()  # guards _jobs, _queued and _closing
         self._jobs: deque[_Job] = deque()
         self._queued = 0  # items in self._jobs
         self._concurrent = True  # the last batch had company: wait for more next time
-        self._wakeup = asyncio.Event()
         self._closing = False
-        self._worker = asyncio.create_task(self._run(), name=f"batcher-{task}")
+        self._stopped = self._loop.create_future()
+        self._worker = threading.Thread(target=self._run, name=f"infer-{task}", daemon=True)
+        self._worker.start()
 
     async def submit(self, items: list) -> list:
-        if self._closing:
-            raise Unavailable("shutting_down", "the service is shutting down")
-        if self._queued + len(items) > self._max_queue:
-            raise Unavailable(
-                "overloaded", f"the {self.task} queue is full ({self._queued} items waiting)"
-            )
-        job = _Job(items, asyncio.get_running_loop().create_future())
-        self._jobs.append(job)
-        self._set_queued(self._queued + len(items))
-        self._wakeup.set()
+        job = _Job(items, self._loop.create_future())
+        with self._ready:
+            if self._closing:
+                raise Unavailable("shutting_down", "the service is shutting down")
+            if self._queued + len(items) > self._max_queue:
+                raise Unavailable(
+                    "overloaded", f"the {self.task} queue is full ({self._queued} items waiting)"
+                )
+            self._jobs.append(job)
+            self._queued += len(items)
+            self._queue_depth.set(self._queued)
+            self._ready.notify()
         return await job.future
 
     async def close(self) -> None:
         """Finish every queued request, then stop the worker (graceful shutdown)."""
-        self._closing = True
-        self._wakeup.set()
-        await self._worker
-        self._executor.shutdown(wait=True)
+        with self._ready:
+            self._closing = True
+            self._ready.notify()
+        await self._stopped
 
-    async def _run(self) -> None:
-        while self._jobs or not self._closing:
-            if not self._jobs:
-                await self._wait(None)
-                continue
-            delay = self._jobs[0].enqueued + self._max_wait - time.monotonic()
-            waiting = self._concurrent and self._queued < self._max_items and not self._closing
-            if delay > 0 and waiting:
-                await self._wait(delay)
-                continue
-            await self._execute(self._take())
+    # --- the worker thread ---------------------------------------------------------------
 
-    async def _wait(self, timeout: float | None) -> None:
-        self._wakeup.clear()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), timeout)
+    def _run(self) -> None:
+        try:
+            while (batch := self._next_batch()) is not None:
+                self._execute(batch)
+        finally:
+            self._to_loop(_resolve, self._stopped)
+
+    def _next_batch(self) -> list[_Job] | None:
+        """The next batch to run, once it is due; None when closing and nothing is left."""
+        with self._ready:
+            while True:
+                if not self._jobs:
+                    if self._closing:
+                        return None
+                    self._ready.wait()
+                    continue
+                delay = self._jobs[0].enqueued + self._max_wait - time.monotonic()
+                waiting = self._concurrent and self._queued < self._max_items and not self._closing
+                if delay > 0 and waiting:
+                    self._ready.wait(delay)
+                    continue
+                return self._take()
 
     def _take(self) -> list[_Job]:
         batch: list[_Job] = []
         size = 0
         while self._jobs and (not batch or size + len(self._jobs[0].items) <= self._max_items):
             job = self._jobs.popleft()
-            self._set_queued(self._queued - len(job.items))
+            self._queued -= len(job.items)
             if not job.future.cancelled():  # the client went away while it waited
                 batch.append(job)
                 size += len(job.items)
+        self._queue_depth.set(self._queued)
         return batch
 
-    async def _execute(self, batch: list[_Job]) -> None:
-        if not batch:
-            return
-        items = [item for job in batch for item in job.items]
-        self._metrics.batch_size.labels(self.task).observe(len(items))
+    def _execute(self, batch: list[_Job]) -> None:
+        if self._check is not None:
+            for job in batch:
+                try:
+                    self._check(job.items)
+                except BaseException as exc:  # a tokenizers panic too: never end the worker
+                    job.error = exc
+        items = [item for job in batch if job.error is None for item in job.items]
+        results: list = []
         start = time.perf_counter()
         try:
-            results = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._predict, items
-            )
-        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
-            raise
+            if items:
+                self._batch_size.observe(len(items))
+                results = self._predict(items)
         # BaseException: tokenizers reports Rust panics as PanicException, and one bad
         # batch must fail its own requests, not stop the worker for everyone after it.
         except BaseException as exc:
             log.exception("inference failed", extra={"task": self.task, "items": len(items)})
+            failure = RuntimeError(f"{self.task} inference failed: {exc}")
             for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(RuntimeError(f"{self.task} inference failed: {exc}"))
-            return
+                job.error = job.error or failure
         finally:
-            self._metrics.inference.labels(self.task).observe(time.perf_counter() - start)
-            self._concurrent = len(items) > 1 or bool(self._jobs)
-        offset = 0
-        for job in batch:
+            if items:
+                self._inference.observe(time.perf_counter() - start)
+            with self._ready:
+                self._concurrent = len(items) > 1 or bool(self._jobs)
+        self._to_loop(_deliver, batch, results)
+
+    def _to_loop(self, callback: Callable, *args) -> None:
+        # RuntimeError: the loop is closed, so nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(callback, *args)
+
+
+def _deliver(batch: list[_Job], results: list) -> None:
+    """On the event loop: each request gets its slice of the results, or its error."""
+    offset = 0
+    for job in batch:
+        if job.error is None:
             if not job.future.done():
                 job.future.set_result(results[offset : offset + len(job.items)])
             offset += len(job.items)
+        elif not job.future.done():
+            job.future.set_exception(job.error)
 
-    def _set_queued(self, value: int) -> None:
-        self._queued = value
-        self._metrics.queue_depth.labels(self.task).set(value)
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -42,11 +42,13 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def get_settings(request: Request) -> Settings:
+# Dependencies are `async def`: FastAPI runs plain `def` ones in its thread pool, which
+# cost two thread hand-offs per request for what are attribute lookups.
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     runtime = request.app.state.runtime
     if runtime is None:  # the lifespan has not started yet (or the server runs without one)
         raise Unavailable("starting", "the service is starting")

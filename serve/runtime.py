@@ -51,11 +51,19 @@ class TaskModel(ABC):
     """A loaded task model: encode items, run onnxruntime, decode with lmforge.tasks."""
 
     task: str
+    per_token: frozenset[str] = frozenset()  # outputs with a sequence axis
 
-    def __init__(self, manifest: dict, tokenizer: Tokenizer, session: ort.InferenceSession) -> None:
+    def __init__(
+        self,
+        manifest: dict,
+        tokenizer: Tokenizer,
+        session: ort.InferenceSession,
+        max_batch_tokens: int = 0,
+    ) -> None:
         self.manifest = manifest
         self.tokenizer = tokenizer
         self.session = session
+        self.max_batch_tokens = max_batch_tokens  # 0: one onnxruntime call per batch
         self.labels: list[str] = list(manifest["labels"])
         self.max_seq_len = int(manifest["max_seq_len"])
         self.input_names = [i.name for i in session.get_inputs()]
@@ -76,7 +84,7 @@ class TaskModel(ABC):
         }
 
     def validate(self, items: list) -> None:  # noqa: B027 - a hook: only QA has one
-        """Reject items the model cannot read; runs on the event loop before queueing."""
+        """Reject items the model cannot read; runs in the batch thread, per request."""
 
     @abstractmethod
     def encode(self, items: list) -> tuple[dict[str, np.ndarray], Any]:
@@ -91,6 +99,34 @@ class TaskModel(ABC):
         """Output shapes for inputs of [rows, seq], given the manifest's labels."""
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """onnxruntime on `inputs`, in calls of at most `max_batch_tokens` padded tokens.
+
+        Split calls take rows shortest first, each call cut to its own longest row, so
+        short texts batched with long ones are not padded to the long ones' length.
+        """
+        rows, seq = inputs["attention_mask"].shape
+        if not self.max_batch_tokens or rows * seq <= self.max_batch_tokens:
+            return self._run(inputs)
+        lengths = inputs["attention_mask"].sum(axis=1)
+        order = np.argsort(lengths, kind="stable")
+        outputs: dict[str, np.ndarray] = {}
+        for chunk in token_chunks(lengths[order], self.max_batch_tokens):
+            picked = order[chunk]
+            longest = max(int(lengths[picked[-1]]), 1)
+            part = self._run({name: value[picked, :longest] for name, value in inputs.items()})
+            for name, value in part.items():
+                per_token = name in self.per_token
+                if name not in outputs:
+                    shape = (rows, seq, *value.shape[2:]) if per_token else (rows, *value.shape[1:])
+                    # Positions past a row's own length are padding: no span may start there.
+                    outputs[name] = np.full(shape, PAD_LOGIT, value.dtype)
+                if per_token:
+                    outputs[name][picked, :longest] = value
+                else:
+                    outputs[name][picked] = value
+        return outputs
+
+    def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {name: inputs[name] for name in self.input_names}
         return dict(zip(self.output_names, self.session.run(self.output_names, feed), strict=True))
 
@@ -137,6 +173,7 @@ class Classifier(TaskModel):
 
 class Tagger(TaskModel):
     task = "ner"
+    per_token = frozenset({"logits"})
 
     def samples(self):
         return ["Ada Lovelace lived in London.", "London " * self.max_seq_len]
@@ -156,15 +193,16 @@ class Tagger(TaskModel):
 
 class Reader(TaskModel):
     task = "qa"
+    per_token = frozenset({"start_logits", "end_logits"})
 
     def samples(self):
         context = "Ada Lovelace lived in London."
         return [("Where did Ada live?", context), ("Where?", context * self.max_seq_len)]
 
-    def __init__(self, manifest: dict, tokenizer: Tokenizer, session: ort.InferenceSession) -> None:
-        super().__init__(manifest, tokenizer, session)
-        self.doc_stride = int(manifest["doc_stride"])
-        self.max_answer_len = int(manifest["max_answer_len"])
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.doc_stride = int(self.manifest["doc_stride"])
+        self.max_answer_len = int(self.manifest["max_answer_len"])
         # Each window holds the question, 3 special tokens and at least stride + 1 context
         # tokens (tokenizers panics otherwise). Half of what is left keeps the window count
         # of a long context within twice the minimum.
@@ -174,19 +212,18 @@ class Reader(TaskModel):
                 f"manifest.json: doc_stride {self.doc_stride} leaves no room for a question "
                 f"in max_seq_len {self.max_seq_len}"
             )
-        # validate() runs on the event loop while a batch may be encoding in the worker
-        # thread; encode_batch reconfigures truncation, so each thread has its own copy.
-        self._counter = Tokenizer.from_str(self.tokenizer.to_str())
-        self._counter.no_truncation()
-        self._counter.no_padding()
 
     def info(self) -> dict[str, Any]:
         extra = {"doc_stride": self.doc_stride, "max_question_tokens": self.max_question_tokens}
         return super().info() | extra
 
     def validate(self, items: list[tuple[str, str]]) -> None:
-        for i, (question, _) in enumerate(items):
-            n = len(self._counter.encode(question, add_special_tokens=False).ids)
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        questions = [question for question, _ in items]
+        encodings = self.tokenizer.encode_batch(questions, add_special_tokens=False)
+        for i, encoding in enumerate(encodings):
+            n = len(encoding.ids)
             if n > self.max_question_tokens:
                 raise InputError(
                     "question_too_long",
@@ -203,15 +240,35 @@ class Reader(TaskModel):
 
     def decode(self, outputs, items, state):
         contexts = [c for _, c in items]
-        return qa.best_answers(
-            outputs["start_logits"], outputs["end_logits"], state, contexts, self.max_answer_len
+        # Padding is no part of a window: its logits must not dilute a span's probability,
+        # or an answer's score would depend on the requests it was batched with.
+        seq = outputs["start_logits"].shape[1]
+        padding = state.inputs["attention_mask"][:, :seq] == 0
+        start, end = (
+            np.where(padding, PAD_LOGIT, outputs[k]) for k in ("start_logits", "end_logits")
         )
+        return qa.best_answers(start, end, state, contexts, self.max_answer_len)
 
     def expected_shapes(self, rows, seq):
         return {"start_logits": (rows, seq), "end_logits": (rows, seq)}
 
 
 MODELS: dict[str, type[TaskModel]] = {m.task: m for m in (Classifier, Tagger, Reader)}
+
+
+PAD_LOGIT = -1e9  # exp() of it is 0, and two of them still add up in float32
+
+
+def token_chunks(lengths: np.ndarray, budget: int) -> list[slice]:
+    """Consecutive slices of ascending `lengths`, each within `budget` tokens once padded to
+    its longest row (a row over the budget goes alone)."""
+    chunks, start = [], 0
+    for i, length in enumerate(lengths.tolist()):
+        if i > start and (i - start + 1) * max(length, 1) > budget:
+            chunks.append(slice(start, i))
+            start = i
+    chunks.append(slice(start, len(lengths)))
+    return chunks
 
 
 def load_model(task: str, folder: Path, settings: Settings) -> TaskModel:
@@ -227,7 +284,7 @@ def load_model(task: str, folder: Path, settings: Settings) -> TaskModel:
             raise ModelError(f"{path} is missing")
     tokenizer = _step(folder / "tokenizer.json", load_tokenizer, folder)
     session = _step(model_path, open_session, model_path, settings)
-    model = _step(model_path, MODELS[task], manifest, tokenizer, session)
+    model = _step(model_path, MODELS[task], manifest, tokenizer, session, settings.max_batch_tokens)
     _step(model_path, model.check)
     return model
 
@@ -321,6 +378,7 @@ class Runtime:
                 max_items=self.settings.max_batch_items,
                 max_queue=self.settings.max_queue_items,
                 metrics=self.metrics,
+                check=model.validate,
             )
             self.models[task] = model
             info = model.info()
@@ -340,7 +398,6 @@ class Runtime:
                     "model_unavailable", f"the {task} model failed to load: {self.failures[task]}"
                 )
             raise Unavailable("model_loading", f"the {task} model is still loading")
-        model.validate(items)
         return await self._batchers[task].submit(items)
 
     async def close(self) -> None:

@@ -28,12 +28,19 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(
         2.0, ge=0, description="How long a batch waits for company (only while requests overlap)."
     )
-    max_batch_items: int = Field(64, ge=1, description="Items per onnxruntime call.")
+    max_batch_items: int = Field(64, ge=1, description="Items per batch.")
+    max_batch_tokens: int = Field(
+        0,
+        ge=0,
+        description="Padded tokens per onnxruntime call; a bigger batch runs in several calls, "
+        "rows sorted by length (0: one call per batch).",
+    )
     max_queue_items: int = Field(1024, ge=1, description="Items waiting per task before 503.")
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0: auto).")
     inter_op_threads: int = Field(0, ge=0, description="onnxruntime inter-op threads (0: auto).")
 
     log_level: str = Field("INFO", description="Level of the JSON logs on stderr.")
+    access_log: bool = Field(True, description="One JSON log line per request (lmforge.access).")
 
     @field_validator("api_key", mode="before")
     @classmethod

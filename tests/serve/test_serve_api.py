@@ -118,6 +118,24 @@ def test_access_log_is_one_json_line_per_request(client):
     assert line["duration_ms"] > 0
 
 
+def test_access_log_can_be_turned_off_and_metrics_still_count(serving_dir, start_service):
+    lines: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = lines.append
+    logger = logging.getLogger("lmforge.access")
+    logger.addHandler(handler)
+    try:
+        with start_service(serving_dir, tasks="classification", access_log=False) as quiet:
+            assert quiet.post("/v1/classify", json={"texts": ["Not logged."]}).status_code == 200
+            text = quiet.get("/metrics").text
+    finally:
+        logger.removeHandler(handler)
+    assert lines == []
+    assert (
+        'lmforge_http_requests_total{method="POST",route="/v1/classify",status="200"} 1.0' in text
+    )
+
+
 def test_docs_list_limits_and_examples(client):
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()

@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from serve.metrics import Metrics
-from serve.runtime import MicroBatcher, Unavailable
+from serve.runtime import MicroBatcher, Unavailable, load_model, token_chunks
+from serve.settings import Settings
 
 TEXTS = [
     "Short.",
@@ -72,6 +75,56 @@ def test_concurrent_requests_share_a_batch(serving_dir, start_service, client, t
             alone, alone_scores
         )
         assert batched_scores == pytest.approx(alone_scores, abs=tolerance)
+
+
+@pytest.mark.parametrize(("task", "tolerance"), [("classification", 1e-3), ("ner", 1e-5)])
+def test_a_token_budget_splits_a_batch_without_changing_results(
+    serving_dir, start_service, client, task, tolerance
+):
+    route = f"/v1/{'classify' if task == 'classification' else task}"
+    # 40 padded tokens: the eight texts (5 to 25 tokens) need several onnxruntime calls.
+    settings = {"tasks": task, "batch_wait_ms": 300, "max_batch_tokens": 40}
+    with start_service(serving_dir, **settings) as budgeted:
+        responses = concurrently(budgeted, route, [{"texts": [t]} for t in TEXTS])
+        calls, items = batch_stats(budgeted, task)
+    assert [r.status_code for r in responses] == [200] * len(TEXTS)
+    assert calls < len(TEXTS)  # still batched: the budget splits calls, not batches
+    for text, response in zip(TEXTS, responses, strict=True):
+        alone = client.post(route, json={"texts": [text]}).json()["results"][0]
+        split_scores, alone_scores = [], []
+        assert without_scores(response.json()["results"][0], split_scores) == without_scores(
+            alone, alone_scores
+        )
+        assert split_scores == pytest.approx(alone_scores, abs=tolerance)
+
+
+@pytest.mark.parametrize("task", ["ner", "qa"])
+def test_split_calls_match_one_call(serving_dir, task):
+    items = TEXTS if task == "ner" else [("Where is the treasure?", t) for t in TEXTS]
+    whole = load_model(task, serving_dir / task, Settings(artifacts=serving_dir))
+    split = load_model(
+        task, serving_dir / task, Settings(artifacts=serving_dir, max_batch_tokens=40)
+    )
+    shapes = []
+    run = split.session.run
+    split.session = SimpleNamespace(
+        run=lambda names, feed: shapes.append(feed["input_ids"].shape) or run(names, feed)
+    )
+    batch_scores, split_scores = [], []
+    expected = without_scores(whole.predict(items), batch_scores)
+    assert without_scores(split.predict(items), split_scores) == expected
+    assert split_scores == pytest.approx(batch_scores, abs=1e-5)
+    assert len(shapes) > 1 and all(rows * seq <= 40 or rows == 1 for rows, seq in shapes)
+
+
+def test_token_chunks_keep_each_call_within_the_budget():
+    lengths = np.array([3, 4, 4, 10, 12, 30, 60])
+    chunks = token_chunks(lengths, 24)
+    assert [(c.start, c.stop) for c in chunks] == [(0, 3), (3, 5), (5, 6), (6, 7)]
+    for chunk in chunks:  # rows x longest row; a row over the budget goes alone
+        rows = lengths[chunk]
+        assert len(rows) * rows.max() <= 24 or len(rows) == 1
+    assert token_chunks(np.array([5]), 1) == [slice(0, 1)]
 
 
 def test_full_queue_is_503_with_retry_after(serving_dir, start_service):
@@ -134,6 +187,38 @@ def test_a_failing_batch_fails_its_requests_and_the_worker_goes_on():
         return good
 
     assert run_batcher(predict, scenario) == ["fine"]
+
+
+def test_a_refused_request_fails_alone_and_its_batch_runs():
+    seen = []
+
+    def check(items):
+        if "bad" in items:
+            raise ValueError("bad item")
+
+    def predict(items):
+        seen.append(list(items))
+        return items
+
+    async def main():
+        batcher = MicroBatcher(
+            "test",
+            predict,
+            max_wait_s=0.05,
+            max_items=8,
+            max_queue=100,
+            metrics=Metrics(),
+            check=check,
+        )
+        jobs = [asyncio.create_task(batcher.submit(items)) for items in (["a"], ["bad"], ["b"])]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        await batcher.close()
+        return results
+
+    good, refused, other = asyncio.run(main())
+    assert (good, other) == (["a"], ["b"])
+    assert isinstance(refused, ValueError)
+    assert seen == [["a", "b"]]  # one call, without the refused request
 
 
 def test_a_request_that_gave_up_is_skipped():

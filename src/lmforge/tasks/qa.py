@@ -161,22 +161,26 @@ def best_answers(
         s_logits, e_logits = start_logits[row], end_logits[row]
         null = float(s_logits[0] + e_logits[0])
         null_score[example] = max(null_score.get(example, -np.inf), null)
-        s_probs, e_probs = softmax(s_logits), softmax(e_logits)
-        for s in np.argsort(s_logits)[::-1][:n_best]:
-            if offsets[row, s, 0] < 0:
-                continue
-            for e in np.argsort(e_logits)[::-1][:n_best]:
-                if offsets[row, e, 0] < 0 or e < s or e - s + 1 > max_answer_len:
-                    continue
-                score = float(s_logits[s] + e_logits[e])
-                if example not in best or score > best[example]["logit"]:
-                    start, end = int(offsets[row, s, 0]), int(offsets[row, e, 1])
-                    best[example] = {
-                        "logit": score,
-                        "start": start,
-                        "end": end,
-                        "score": float(s_probs[s] * e_probs[e]),
-                    }
+        # The n_best x n_best candidate spans at once; argmax takes the first best in
+        # (start rank, end rank) order, as a loop over both rankings would.
+        starts = np.argsort(s_logits)[::-1][:n_best]
+        ends = np.argsort(e_logits)[::-1][:n_best]
+        length = ends[None, :] - starts[:, None] + 1
+        valid = (offsets[row, starts, 0] >= 0)[:, None] & (offsets[row, ends, 0] >= 0)[None, :]
+        valid &= (length >= 1) & (length <= max_answer_len)
+        if not valid.any():
+            continue
+        scores = np.where(valid, s_logits[starts][:, None] + e_logits[ends][None, :], -np.inf)
+        i, j = np.unravel_index(int(scores.argmax()), scores.shape)
+        score = float(scores[i, j])
+        if example not in best or score > best[example]["logit"]:
+            s, e = starts[i], ends[j]
+            best[example] = {
+                "logit": score,
+                "start": int(offsets[row, s, 0]),
+                "end": int(offsets[row, e, 1]),
+                "score": float(softmax(s_logits)[s] * softmax(e_logits)[e]),
+            }
     results = []
     for example, context in enumerate(contexts):
         span = best.get(example)
