@@ -35,10 +35,9 @@ def _run(args: list[str], cwd: Path, env: dict) -> str:
     return result.stdout
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory) -> Path:
-    """A copy of the working tree (tracked and untracked-but-not-ignored files), reproduced."""
-    root = tmp_path_factory.mktemp("e2e") / "repo"
+def scratch_copy(root: Path) -> dict:
+    """Copy the working tree (tracked and untracked-but-not-ignored files) to `root`, commit
+    it in a fresh git repository, and return the environment that runs its stages."""
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
         cwd=REPO, capture_output=True, text=True, check=True,
@@ -56,7 +55,14 @@ def pipeline(tmp_path_factory) -> Path:
     _run([*git, "init", "-q"], root, env)
     _run([*git, "add", "-A"], root, env)
     _run([*git, "commit", "-qm", "copy"], root, env)
-    _run(["dvc", "repro"], root, env)
+    return env
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> Path:
+    """The default pipeline, reproduced in a scratch copy of the working tree."""
+    root = tmp_path_factory.mktemp("e2e") / "repo"
+    _run(["dvc", "repro"], root, scratch_copy(root))
     return root
 
 

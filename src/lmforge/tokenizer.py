@@ -86,13 +86,19 @@ def run_tokenize(
     block_len: int,
     tokenizer_dir: Path,
     tokens_dir: Path,
+    checkpoint_dir: Path | None = None,
 ) -> dict:
-    """Train on the corpus's train split, save the tokenizer, pack both splits into blocks."""
+    """Train on the corpus's train split (or take the checkpoint's tokenizer: its vocabulary
+    is the weights'), save the tokenizer, pack both splits into blocks."""
     from lmforge.artifacts import atomic_dir
+    from lmforge.checkpoints import save_tokenizer_of
 
-    tokenizer = train_tokenizer(corpus["train"], vocab_size, min_frequency, lowercase)
     with atomic_dir(tokenizer_dir) as tmp:
-        save_tokenizer(tokenizer, tmp, block_len)
+        if checkpoint_dir is None:
+            tokenizer = train_tokenizer(corpus["train"], vocab_size, min_frequency, lowercase)
+            save_tokenizer(tokenizer, tmp, block_len)
+        else:
+            tokenizer = save_tokenizer_of(checkpoint_dir, tmp, block_len)
     summary = {"vocab_size": tokenizer.get_vocab_size(), "block_len": block_len}
     with atomic_dir(tokens_dir) as tmp:
         for split, documents in corpus.items():
