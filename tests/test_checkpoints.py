@@ -32,7 +32,7 @@ from lmforge.config import deep_merge, load_params
 from lmforge.engine import complete_tags
 from lmforge.errors import ConfigError
 from lmforge.tokenizer import load_tokenizer, run_tokenize, train_tokenizer
-from support import default_params
+from support import REPO, default_params
 from test_engine import (
     CKPT,
     RUN,
@@ -157,6 +157,12 @@ def test_trust_pickle_opts_in_and_converts_to_safetensors(tmp_path):
     got = load_file(tmp_path / "ckpt" / "model.safetensors")
     for name, value in got.items():
         torch.testing.assert_close(value, expected[name], rtol=0, atol=0)
+
+
+def test_checkpoint_preset_starts_from_minilm_without_continued_pretraining():
+    params = load_params(REPO / "params-checkpoint.yaml")
+    assert params.model.checkpoint == "checkpoints/all-MiniLM-L6-v2"
+    assert params.pretrain.max_steps == 0 and not params.model.trust_pickle
 
 
 def test_max_steps_0_needs_a_checkpoint(tmp_path, write_params):
