@@ -79,7 +79,7 @@ def run_peer(args) -> dict:
 
     def collate(batch: list[dict]) -> dict:
         stacked = trim_padding({k: np.stack([row[k] for row in batch]) for k in batch[0]})
-        return {k: torch.from_numpy(v) for k, v in stacked.items()}
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in stacked.items()}
 
     torch.manual_seed(args.seed)
     model = task_model(task.auto_model, "pretrained", args.pretrained, labels)

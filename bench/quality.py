@@ -372,6 +372,7 @@ def run_checkpoint_rows(args, env: dict) -> dict:
         beside.result()
     out["preset"] = {k: preset[k] for k in ("model", "finetune")}
     out["preset"]["continued_pretrain"] = continued_preset["pretrain"]
+    (work / "run.json").write_text(json.dumps(out, indent=2), encoding="utf-8")  # for a re-report
     return out
 
 
