@@ -138,8 +138,14 @@ def _gpt2(folder: Path) -> Path:
             "safetensors only (set model.trust_pickle: true",
         ),
         (lambda d: d / "nowhere", 32, "model.checkpoint: no such directory"),
+        # a hub id: offline here, and unknown on the hub where there is a network
+        (
+            lambda d: "lmforge-tests/no-such-checkpoint",
+            32,
+            "is not a local directory and could not be downloaded from the Hugging Face hub",
+        ),
     ],
-    ids=["position_limit", "gpt2", "pickle", "missing"],
+    ids=["position_limit", "gpt2", "pickle", "missing", "hub_id"],
 )
 def test_refused_with_one_line_before_any_work(tmp_path, make, max_seq_len, message):
     source = make(tmp_path / "source")
