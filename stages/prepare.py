@@ -15,6 +15,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
     summary = prepare(params.data, params.seed, args.out, args.raw)
+    args.raw.mkdir(parents=True, exist_ok=True)  # a DVC out: empty unless data.source is sample
     log.info("prepared %s", summary)
 
 
