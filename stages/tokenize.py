@@ -1,9 +1,11 @@
-"""Stage tokenize: train the WordPiece tokenizer and pack the corpus into token blocks."""
+"""Stage tokenize: train the WordPiece tokenizer (or take the checkpoint's) and pack the
+corpus into token blocks."""
 
 import argparse
 import os
 from pathlib import Path
 
+from lmforge.checkpoints import start_folder
 from lmforge.config import load_params
 from lmforge.data.prepare import prepared_corpus
 from lmforge.stage import log, run_stage
@@ -13,15 +15,18 @@ from lmforge.tokenizer import run_tokenize
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prepared", type=Path, default=Path("data/prepared"))
+    parser.add_argument("--checkpoint", type=Path, default=Path("artifacts/checkpoint"))
     parser.add_argument("--tokenizer", type=Path, default=Path("artifacts/tokenizer"))
     parser.add_argument("--tokens", type=Path, default=Path("data/tokens"))
     args = parser.parse_args()
     params = load_params()
+    start = start_folder(args.checkpoint, params.model.checkpoint, params.model.max_seq_len)
     corpus = {split: prepared_corpus(args.prepared, split) for split in ("train", "validation")}
     t = params.tokenize
     summary = run_tokenize(
         corpus, t.vocab_size, t.min_frequency, t.lowercase, params.model.max_seq_len,
         args.tokenizer, args.tokens, t.train_sample_mb, num_proc=len(os.sched_getaffinity(0)),
+        checkpoint_dir=start,
     )  # fmt: skip
     log.info("tokenized %s", summary)
 

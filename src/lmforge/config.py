@@ -103,6 +103,12 @@ class ModelConfig:
     max_seq_len: int
     dropout: float = 0.1
     attention_dropout: float = 0.1
+    # A Hugging Face BERT checkpoint (local save_pretrained dir or hub id) to start from;
+    # its shape and tokenizer replace the keys above (all but max_seq_len and dropouts).
+    checkpoint: str | None = None
+    # Load pickle weights (pytorch_model.bin) when a checkpoint has no safetensors:
+    # unpickling a file runs whatever code it holds, so only for checkpoints you trust.
+    trust_pickle: bool = False
 
 
 @dataclass
@@ -285,7 +291,11 @@ def validate(p: Params) -> None:
         "pretraining would have no text",
     )
     validate_engine(p.pretrain, "pretrain")
-    _check(p.pretrain.max_steps > 0, "pretrain.max_steps must be positive")
+    _check(
+        p.pretrain.max_steps > 0 or (p.pretrain.max_steps == 0 and m.checkpoint is not None),
+        "pretrain.max_steps must be positive (0, no continued pretraining, only with "
+        f"model.checkpoint), got {p.pretrain.max_steps}",
+    )
     _check(p.pretrain.num_procs >= 1, "pretrain.num_procs must be at least 1")
     _check(p.pretrain.checkpoint_every > 0, "pretrain.checkpoint_every must be positive")
     _check(p.pretrain.keep_checkpoints >= 1, "pretrain.keep_checkpoints must be at least 1")

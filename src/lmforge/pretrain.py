@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmforge.artifacts import copy_files, publish_dir
+from lmforge.artifacts import copy_files, publish_dir, read_json
+from lmforge.checkpoints import MANIFEST, masked_lm_from
 from lmforge.config import ModelConfig, PretrainConfig
 from lmforge.engine import (
     CheckpointSettings,
@@ -160,9 +161,16 @@ def run_pretrain(
     checkpoint_dir: Path,
     out_dir: Path,
     curve_path: Path | None = None,
+    start_from: Path | None = None,
 ) -> dict:
-    """Train, evaluate and save the encoder; returns metrics/pretrain.json's content."""
+    """Train, evaluate and save the encoder; returns metrics/pretrain.json's content.
+
+    `start_from`: an imported checkpoint folder (lmforge.checkpoints) whose weights
+    masked-LM training continues from; with `max_steps` 0 it is published as it is.
+    """
     resolve_precision(cfg.precision, "pretrain")  # refuse e.g. fp16 on CPU before any work
+    if start_from is not None and cfg.max_steps == 0:
+        return publish_checkpoint(start_from, tokenizer_dir, out_dir)
     rank, world = init_distributed()
     # Memory-mapped: each rank reads the rows of its own micro-batches, nothing up front.
     train, header = open_blocks(tokens_dir, "train")
@@ -178,13 +186,18 @@ def run_pretrain(
     global_batch = cfg.micro_batch_size * cfg.grad_accum * world
     batches = StepBatches({"input_ids": train}, global_batch, seed, masking)
     torch.manual_seed(seed)  # identical initial weights on every rank and every run
-    model = masked_lm(bert_config(model_cfg, tokenizer.get_vocab_size()))
+    if start_from is None:
+        model = masked_lm(bert_config(model_cfg, tokenizer.get_vocab_size()))
+    else:
+        model = masked_lm_from(start_from, model_cfg.dropout, model_cfg.attention_dropout)
+        _check_vocab(tokenizer, model, tokenizer_dir)
+    base = read_json(start_from / MANIFEST)["weights_sha256"] if start_from else None
     run_identity = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _SCHEDULING_ONLY}
     checkpoint = CheckpointSettings(
         directory=checkpoint_dir,
         every=cfg.checkpoint_every,
         keep=cfg.keep_checkpoints,
-        fingerprint=fingerprint(run_identity, model_cfg, seed, world, header["sha256"]),
+        fingerprint=fingerprint(run_identity, model_cfg, seed, world, header["sha256"], base),
     )
     evaluator = MlmEvaluator(
         validation, build_masking(tokenizer, cfg, seed + 1), cfg.micro_batch_size
@@ -238,6 +251,32 @@ class MlmEvaluator:
             torch.distributed.all_reduce(loss_sum)
         loss = float(loss_sum[0] / max(loss_sum[1], 1))
         return {"eval_loss": round(loss, 5), "eval_perplexity": round(math.exp(min(loss, 50)), 3)}
+
+
+def publish_checkpoint(start_from: Path, tokenizer_dir: Path, out_dir: Path) -> dict:
+    """`max_steps: 0`: artifacts/pretrained is the checkpoint itself (+ its tokenizer)."""
+    staging = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    copy_files(start_from, staging)  # config, safetensors weights, tokenizer
+    (staging / MANIFEST).unlink()
+    copy_files(tokenizer_dir, staging)  # the tokenize stage's copy (model_max_length set)
+    publish_dir(staging, out_dir)
+    log.info("pretrain.max_steps 0: %s published as it is", start_from)
+    return {
+        "eval_loss": None, "eval_perplexity": None, "tokens_per_second": 0.0, "steps": 0,
+        "train_loss": None, "resumed_from_step": 0, "ranks": 1,
+    }  # fmt: skip
+
+
+def _check_vocab(tokenizer, model, tokenizer_dir: Path) -> None:
+    """The tokenizer must be the checkpoint's: ids beyond its embeddings would crash later."""
+    rows = model.hf_model.config.vocab_size
+    if tokenizer.get_vocab_size() > rows:
+        raise ConfigError(
+            f"{tokenizer_dir} has {tokenizer.get_vocab_size()} tokens but the checkpoint "
+            f"embeds {rows}; re-run the tokenize stage"
+        )
 
 
 def save_encoder(trainer: Trainer, tokenizer_dir: Path, out_dir: Path, rank: int) -> None:

@@ -85,20 +85,26 @@ def run_tokenize(
     tokens_dir: Path,
     train_sample_mb: int = 64,
     num_proc: int = 1,
+    checkpoint_dir: Path | None = None,
 ) -> dict:
-    """Train on a sample of the train split, save the tokenizer, pack both splits into blocks.
+    """Train on a sample of the train split (or take the checkpoint's tokenizer: its
+    vocabulary is the weights'), save the tokenizer, pack both splits into blocks.
 
     `prepared_corpus` maps split to its Parquet file. The tokenizer learns from every k-th
     document, about `train_sample_mb` MB of text (all of it when the split is smaller).
     """
     from lmforge.artifacts import atomic_dir
+    from lmforge.checkpoints import save_tokenizer_of
     from lmforge.data.corpus import corpus_batches, corpus_documents, sample_documents
     from lmforge.tokens import pack_corpus
 
-    sample = sample_documents(prepared_corpus["train"], train_sample_mb << 20)
-    tokenizer = train_tokenizer(sample, vocab_size, min_frequency, lowercase)
     with atomic_dir(tokenizer_dir) as tmp:
-        save_tokenizer(tokenizer, tmp, block_len)
+        if checkpoint_dir is None:
+            sample = sample_documents(prepared_corpus["train"], train_sample_mb << 20)
+            tokenizer = train_tokenizer(sample, vocab_size, min_frequency, lowercase)
+            save_tokenizer(tokenizer, tmp, block_len)
+        else:
+            tokenizer = save_tokenizer_of(checkpoint_dir, tmp, block_len)
     summary = {"vocab_size": tokenizer.get_vocab_size(), "block_len": block_len}
     with atomic_dir(tokens_dir) as tmp:
         for split, path in prepared_corpus.items():
