@@ -295,8 +295,7 @@ def checkpoint_run(work: Path, name: str, preset: dict, tasks: Sequence[str], en
     """One variant in its own scratch repository: pretrain (continued or none), then
     each task's finetune, each a timed `dvc repro`."""
     repo = work / name
-    if not (repo / ".git").is_dir():
-        scratch_repo(repo)
+    scratch_repo(repo)  # every run: the copy gets this checkout's code, DVC keeps what is done
     write_params(repo, preset)
     logs = work / "logs"
     seconds = {"pretrain": dvc_repro("pretrain", repo, env, logs)}  # + prepare, import, tokenize
