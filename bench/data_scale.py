@@ -348,9 +348,13 @@ def table(results: dict) -> str:
                 rows.append(
                     f"| {mb} | {label} | | | {x['wall_s']} | {_rss_cell(x)} | "
                     f"{x['tokens'] / 1e6:.1f}M | {x['tokens_per_s']:,} | "
-                    f"{x.get('bytes_on_disk', 0) / 2**20:.0f} MB | |"
+                    f"{_mb(x.get('bytes_on_disk'))} | |"
                 )
     return "\n".join(rows)
+
+
+def _mb(size: int | None) -> str:
+    return "" if size is None else f"{size / 2**20:.0f} MB"
 
 
 def _rss_cell(x: dict) -> str:
