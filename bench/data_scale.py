@@ -201,8 +201,8 @@ def checkout(work: Path, name: str, ref: str) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     subprocess.run(["git", "clone", "-q", "--no-checkout", str(REPO), str(folder)], check=True)
     subprocess.run(["git", "-C", str(folder), "checkout", "-q", ref], check=True)
-    # prepare declares data/raw (the sample data) as an output, which a local source never
-    # writes: DVC would fail the stage after it ran. Not ours to change here.
+    # The "before" pipeline (d04ce38) declares data/raw as an output, which a local source
+    # never writes: DVC would fail its prepare stage. Today's dvc.yaml has no such line.
     dvc_yaml = folder / "dvc.yaml"
     dvc_yaml.write_text(dvc_yaml.read_text().replace("      - data/raw\n", "", 1))
     return folder
