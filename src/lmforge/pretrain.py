@@ -170,6 +170,7 @@ def run_pretrain(
     """
     resolve_precision(cfg.precision, "pretrain")  # refuse e.g. fp16 on CPU before any work
     if start_from is not None and cfg.max_steps == 0:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)  # a DVC out, even with no steps
         return publish_checkpoint(start_from, tokenizer_dir, out_dir)
     rank, world = init_distributed()
     # Memory-mapped: each rank reads the rows of its own micro-batches, nothing up front.
