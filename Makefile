@@ -42,7 +42,7 @@ bench: install
 # pin that still fits (add --upgrade to move to the newest releases), then run make test.
 # torch is left out: it is pinned in pyproject.toml and installed first, as the CPU build.
 lock: install
-	$(VENV)/bin/pip-compile -q --extra dev --strip-extras --unsafe-package torch \
+	$(VENV)/bin/pip-compile -q --extra dev --strip-extras --unsafe-package torch --unsafe-package lmforge \
 		--no-emit-index-url --no-emit-find-links -o constraints.txt pyproject.toml
 
 clean:
