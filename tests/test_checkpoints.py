@@ -9,9 +9,6 @@ run that takes its shape from params instead of the checkpoint fails.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -37,10 +34,9 @@ from support import REPO, default_params, repo_copy, run_checked
 from test_engine import (
     CKPT,
     RUN,
-    SLOW_AFTER_STEP_4,
     assert_same_weights,
     curve,
-    env,
+    kill_9_after_step_4,
     losses,
     metrics,
     stage,
@@ -256,18 +252,7 @@ def test_continued_pretraining_starts_from_the_checkpoint(continued, checkpoints
 
 def test_kill_9_then_rerun_resumes_continued_pretraining(tmp_path, continued, checkpoints):
     folder = new_checkpoint_run(tmp_path / "killed", checkpoints["bare_uncased"], {})
-    marker = folder / CKPT / "step_00000004" / "COMPLETE"
-    with (folder / "stage.log").open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", SLOW_AFTER_STEP_4], cwd=folder, env=env(), stdout=log, stderr=log
-        )
-        deadline = time.monotonic() + 180
-        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        still_running = proc.poll() is None
-        proc.kill()
-        proc.wait()
-    assert marker.exists() and still_running, (folder / "stage.log").read_text()[-3000:]
+    kill_9_after_step_4(folder)
     assert complete_tags(folder / CKPT) == ["step_00000004"]
     stage(folder)
     assert metrics(folder)["resumed_from_step"] == 4

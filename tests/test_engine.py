@@ -102,6 +102,22 @@ def env() -> dict:
     return out
 
 
+def kill_9_after_step_4(folder: Path) -> None:
+    """Run the pretrain stage in `folder` until checkpoint step 4 is complete, then SIGKILL it."""
+    marker = folder / CKPT / "step_00000004" / "COMPLETE"
+    with (folder / "stage.log").open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SLOW_AFTER_STEP_4], cwd=folder, env=env(), stdout=log, stderr=log
+        )
+        deadline = time.monotonic() + 180
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        still_running = proc.poll() is None
+        proc.kill()  # SIGKILL: no cleanup, no atexit
+        proc.wait()
+    assert marker.exists() and still_running, (folder / "stage.log").read_text()[-3000:]
+
+
 def new_run(folder: Path, corpus: Path, override: dict) -> Path:
     shutil.copytree(corpus, folder)
     (folder / "params.yaml").write_text(
@@ -495,18 +511,7 @@ def test_kill_9_after_a_checkpoint_then_rerun_matches_an_uninterrupted_run(
     reference, runs, tiny_corpus_dirs
 ):
     folder = new_run(runs / "killed", tiny_corpus_dirs, {})
-    marker = folder / CKPT / "step_00000004" / "COMPLETE"
-    with (folder / "stage.log").open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", SLOW_AFTER_STEP_4], cwd=folder, env=env(), stdout=log, stderr=log
-        )
-        deadline = time.monotonic() + 180
-        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        still_running = proc.poll() is None
-        proc.kill()  # SIGKILL: no cleanup, no atexit
-        proc.wait()
-    assert marker.exists() and still_running, (folder / "stage.log").read_text()[-3000:]
+    kill_9_after_step_4(folder)
     assert not (folder / "metrics/pretrain.json").exists()
     assert complete_tags(folder / CKPT) == ["step_00000004"]
 
