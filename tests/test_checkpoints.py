@@ -269,6 +269,7 @@ def test_max_steps_0_publishes_the_checkpoint_itself(tmp_path, checkpoints):
     assert (out / "tokenizer.json").is_file() and not (out / MANIFEST).exists()
     assert metrics(folder)["steps"] == 0
     assert list((folder / CKPT).iterdir()) == []  # an empty DVC out: no step, no checkpoint
+    assert (folder / "plots/pretrain.csv").read_text() == "step,loss\n"  # a curve, no points
 
 
 def test_stage_refuses_an_import_of_another_checkpoint(tmp_path, checkpoints):

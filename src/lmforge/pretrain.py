@@ -170,7 +170,11 @@ def run_pretrain(
     """
     resolve_precision(cfg.precision, "pretrain")  # refuse e.g. fp16 on CPU before any work
     if start_from is not None and cfg.max_steps == 0:
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)  # a DVC out, even with no steps
+        # What DVC expects of any pretrain run: a checkpoint folder and a curve (no points).
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        if curve_path is not None:
+            curve_path.parent.mkdir(parents=True, exist_ok=True)
+            curve_path.write_text("step,loss\n", encoding="utf-8")
         return publish_checkpoint(start_from, tokenizer_dir, out_dir)
     rank, world = init_distributed()
     # Memory-mapped: each rank reads the rows of its own micro-batches, nothing up front.
