@@ -89,14 +89,22 @@ def init_distributed() -> tuple[int, int]:
     """Join the process group torchrun/deepspeed set up, or make a one-rank group."""
     import deepspeed
 
-    if "RANK" not in os.environ:
-        os.environ.update(
-            RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(_free_port()),
-        )  # fmt: skip
+    own_group = "RANK" not in os.environ
+    if own_group:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    for attempt in range(3):
+        if torch.distributed.is_initialized():
+            break
+        if own_group:
+            os.environ["MASTER_PORT"] = str(_free_port())
+        try:
+            deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        except torch.distributed.DistNetworkError:
+            # The free port can be taken by another process between our probe and the
+            # store's listen; a one-rank group just tries another one.
+            if not own_group or attempt == 2:
+                raise
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
