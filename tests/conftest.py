@@ -53,3 +53,13 @@ def stage_env() -> dict:
     env["DS_ACCELERATOR"] = "cpu"
     env.pop("RANK", None)
     return env
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_process_group_env():
+    """An in-process fine-tune sets RANK and MASTER_PORT for its one-rank group; a stage run
+    later as a subprocess would inherit them, take them for a launcher's and try to listen
+    on a port this process still holds."""
+    yield
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        os.environ.pop(key, None)
