@@ -1,8 +1,9 @@
 """Quality on real data: pretrained vs random init vs TF-IDF + logistic regression.
 
-Runs the pipeline of params-real.yaml (prepare, tokenize, pretrain, then finetune of
-every task twice: `init: pretrained` and `init: random`, the same architecture without
-pretraining) in a scratch folder, through the stage scripts, and times every stage.
+Runs the pipeline of params-real.yaml as a user runs it, `dvc repro` in a scratch copy
+of this working tree (prepare, tokenize, pretrain, then finetune of every task twice:
+`init: pretrained` and, in a second copy of the workspace taken after pretraining,
+`init: random`, the same architecture without pretraining), and times every stage.
 Classification also gets the bar any text classifier must clear: TF-IDF (word and char
 n-grams) + logistic regression, C chosen on a held-out slice of train, never on validation.
 
@@ -11,14 +12,15 @@ n-grams) + logistic regression, C chosen on a held-out slice of train, never on 
     python bench/quality.py --jobs 1 --threads 2   # one stage at a time on both cores
 
 Budget, on one core (1 torch thread) of this project's 2-core CPU: pretraining at most
-60 min, each fine-tune at most 20 min (stage wall time, checked and reported). Two
-stages run at once by default (--jobs 2): the random-init fine-tunes beside pretraining,
-which they do not need, then the pretrained fine-tunes two at a time. --scale
-multiplies pretrain.max_steps and every fine-tune's epochs (tokenizing and evaluation
-are not scaled): it is how a faster or slower machine fits the same budget. Writes bench/results/quality.json and
-quality.md (task, metric, pretrained, random, delta, TF-IDF); the last line printed is
-the JSON. Run again with the same --work (the default for a given --scale), a killed run
-resumes pretraining from its checkpoints; --fresh starts over.
+60 min, each fine-tune at most 20 min (stage wall time of its `dvc repro`, checked and
+reported). By default (--jobs 2) the pretrained and the random-init fine-tunes run at
+once, one per core. --scale multiplies pretrain.max_steps and every fine-tune's epochs
+(tokenizing and evaluation are not scaled): it is how a faster or slower machine fits the
+same budget. Writes bench/results/quality.json and quality.md (task, metric, pretrained,
+random, delta, TF-IDF); the last line printed is the JSON. Run again with the same --work
+(the default for a given --scale), DVC skips the pretrained copy's finished stages and a
+killed run resumes pretraining from its checkpoints (the random-init copy is taken anew);
+--fresh starts over.
 
     python bench/quality.py --checkpoint [--continued-steps 150] [--peer-tasks ner]
 
@@ -44,8 +46,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -53,7 +54,6 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from lmforge.artifacts import copy_files  # noqa: E402
 from lmforge.config import TASKS, load_params  # noqa: E402
 from lmforge.tasks.script import has_cjk  # noqa: E402
 
@@ -98,167 +98,20 @@ def write_params(folder: Path, raw: dict) -> Path:
     return path
 
 
-# --- stages --------------------------------------------------------------------------
-
-
-@dataclass
-class Job:
-    """One stage run: `python -m stages.<stage> args` in `cwd`, after job `after` if set."""
-
-    name: str
-    stage: str
-    args: list[str]
-    cwd: Path
-    after: str | None = None
-
-
-def run_stage(job: Job, env: dict, logs: Path, procs: list) -> float:
-    """Run one job to the end; returns its wall time in seconds."""
-    log_path = logs / f"{job.name}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    print(f"[quality] {job.name} ...", file=sys.stderr, flush=True)
-    began = time.perf_counter()
-    with log_path.open("w", encoding="utf-8") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", f"stages.{job.stage}", *job.args],
-            cwd=job.cwd,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        procs.append(proc)
-        returncode = proc.wait()
-    seconds = time.perf_counter() - began
-    if returncode != 0:
-        tail = log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
-        raise StageFailed(f"[quality] {job.name} failed (exit {returncode}), {log_path}:\n{tail}")
-    print(f"[quality] {job.name}: {seconds:.1f} s", file=sys.stderr, flush=True)
-    return round(seconds, 1)
+# --- runs through DVC ---------------------------------------------------------------------
 
 
 class StageFailed(Exception):
     pass
 
 
-def run_jobs(jobs: list[Job], env: dict, logs: Path, parallel: int) -> dict[str, float]:
-    """Run `jobs` at most `parallel` at a time, each once the job it comes after is done,
-    in list order otherwise; returns each job's wall seconds. One failure stops them all."""
-    seconds: dict[str, float] = {}
-    pending, running, procs = list(jobs), {}, []
-    with ThreadPoolExecutor(parallel) as pool:
-        try:
-            while pending or running:
-                for job in [j for j in pending if j.after is None or j.after in seconds]:
-                    if len(running) < parallel:
-                        pending.remove(job)
-                        running[pool.submit(run_stage, job, env, logs, procs)] = job
-                if not running:
-                    raise StageFailed(f"[quality] cannot order jobs: {[j.name for j in pending]}")
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    seconds[running.pop(future).name] = future.result()
-        except BaseException:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-            raise
-    return seconds
-
-
 def stage_env(threads: int) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "src")]))
     env["PYTHONUNBUFFERED"] = "1"
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     if threads > 0:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     return env
-
-
-def random_init_dir(work: Path) -> Path:
-    """What `init: random` reads: the tokenizer and the model config pretraining would
-    write (same shape), so random-init fine-tunes need not wait for pretraining."""
-    from lmforge.modeling import bert_config
-    from lmforge.tokenizer import load_tokenizer
-
-    folder = work / "artifacts" / "random-init"
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer_dir = work / "artifacts" / "tokenizer"
-    copy_files(tokenizer_dir, folder)
-    vocab_size = load_tokenizer(tokenizer_dir).get_vocab_size()
-    model = load_params(work / "params.yaml").model
-    bert_config(model, vocab_size).save_pretrained(folder)
-    return folder
-
-
-def run_pipeline(work: Path, preset: dict, tasks: Sequence[str], env: dict, parallel: int) -> dict:
-    """prepare, tokenize, pretrain once; finetune each task under each init.
-
-    With `parallel` > 1, the random-init fine-tunes run beside pretraining (they do not
-    need it) and the pretrained ones beside each other, each stage on its own core.
-    """
-    write_params(work, preset)
-    logs = work / "logs"
-    seconds = {}
-    # Data and tokens of identical settings are kept: re-running prepare and tokenize would
-    # only spend minutes rebuilding the same files (the tokenizer build is deterministic).
-    stamp = work / "data" / "tokenized.json"
-    inputs = json.dumps(
-        [preset["seed"], preset["data"], preset["tokenize"], preset["model"]["max_seq_len"]]
-    )
-    if not (stamp.is_file() and stamp.read_text(encoding="utf-8") == inputs):
-        stamp.unlink(missing_ok=True)
-        data_jobs = [
-            Job("prepare", "prepare", ["--out", "data/prepared"], work),
-            Job(
-                "tokenize",
-                "tokenize",
-                [
-                    "--prepared",
-                    "data/prepared",
-                    "--tokenizer",
-                    "artifacts/tokenizer",
-                    "--tokens",
-                    "data/tokens",
-                ],
-                work,
-                after="prepare",
-            ),
-        ]
-        seconds |= run_jobs(data_jobs, env, logs, 1)
-        stamp.write_text(inputs, encoding="utf-8")
-    pretrain_args = (
-        "--tokenizer artifacts/tokenizer --tokens data/tokens --checkpoints checkpoints/pretrain"
-        " --out artifacts/pretrained --metrics metrics/pretrain.json --plots plots/pretrain.csv"
-    )
-    jobs = [Job("pretrain", "pretrain", pretrain_args.split(), work)]
-    init_dirs = {"pretrained": work / "artifacts" / "pretrained"}
-    init_dirs["random"] = random_init_dir(work)
-    for init in ("random", "pretrained"):  # random first: it can run beside pretraining
-        for task in sorted(tasks, key=FINETUNE_ORDER.index):
-            params = copy.deepcopy(preset)
-            params["finetune"][task]["init"] = init
-            cwd = work / "runs" / f"{task}-{init}"  # each stage reads params.yaml from its cwd
-            cwd.mkdir(parents=True, exist_ok=True)
-            write_params(cwd, params)
-            out = f"{init}/{task}"
-            stage_args = (
-                f"{task} --pretrained {init_dirs[init]} --prepared {work / 'data/prepared'}"
-                f" --out {work / 'artifacts/finetuned' / out}"
-                f" --metrics {work / 'metrics/finetune' / out}.json"
-                f" --plots {work / 'plots/finetune' / out}.csv"
-            )
-            after = "pretrain" if init == "pretrained" else None
-            jobs.append(Job(f"finetune.{task}.{init}", "finetune", stage_args.split(), cwd, after))
-    seconds |= run_jobs(jobs, env, logs, parallel)
-    finetune: dict[str, dict[str, dict]] = {task: {} for task in tasks}
-    for task in tasks:
-        for init in INITS:
-            metrics_path = work / "metrics" / "finetune" / init / f"{task}.json"
-            finetune[task][init] = json.loads(metrics_path.read_text(encoding="utf-8"))
-    pretrain = json.loads((work / "metrics" / "pretrain.json").read_text(encoding="utf-8"))
-    return {"seconds": seconds, "pretrain": pretrain, "finetune": finetune}
-
-
-# --- starting from a checkpoint, through DVC ----------------------------------------------
 
 
 def scratch_repo(root: Path) -> None:
@@ -272,7 +125,8 @@ def scratch_repo(root: Path) -> None:
         if (REPO / name).is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, root / name)
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    if not (root / ".git").is_dir():
+        subprocess.run(["git", "init", "-q"], cwd=root, check=True)
 
 
 def dvc_repro(target: str, repo: Path, env: dict, logs: Path) -> float:
@@ -289,6 +143,66 @@ def dvc_repro(target: str, repo: Path, env: dict, logs: Path) -> float:
         raise StageFailed(f"[quality] dvc repro {target} failed in {repo}, {log_path}:\n{tail}")
     print(f"[quality] {repo.name}: {target} {seconds:.1f} s", file=sys.stderr, flush=True)
     return seconds
+
+
+def finetune_runs(repo: Path, tasks: Sequence[str], env: dict, logs: Path) -> dict:
+    """`dvc repro finetune@<task>` for each task, longest first; their seconds and metrics."""
+    seconds, metrics = {}, {}
+    for task in sorted(tasks, key=FINETUNE_ORDER.index):
+        seconds[task] = dvc_repro(f"finetune@{task}", repo, env, logs)
+        metrics[task] = json.loads(
+            (repo / "metrics" / "finetune" / f"{task}.json").read_text(encoding="utf-8")
+        )
+    return {"seconds": seconds, "metrics": metrics}
+
+
+def copy_repo(source: Path, target: Path) -> None:
+    """A second workspace of `source` with its outputs and dvc.lock, so DVC there sees the
+    shared stages as done; its own (empty) DVC cache."""
+    shutil.rmtree(target, ignore_errors=True)
+    dvc_private = {source / ".dvc" / "cache", source / ".dvc" / "tmp"}
+
+    def skip(folder: str, names: list[str]) -> set[str]:
+        return {name for name in names if Path(folder, name) in dvc_private}
+
+    shutil.copytree(source, target, symlinks=True, ignore=skip)
+
+
+def run_pipeline(work: Path, preset: dict, tasks: Sequence[str], env: dict, parallel: int) -> dict:
+    """`dvc repro` as a user runs it, in a scratch copy of this working tree: the data
+    stages, pretrain, then every task's finetune under each init.
+
+    The random-init fine-tunes run in a copy of the workspace taken after pretraining, with
+    `init: random` in its params.yaml (DVC re-runs only those stages there); with
+    `parallel` > 1 both copies fine-tune at once, each stage on its own core.
+    """
+    logs = work / "logs"
+    repos = {init: work / init for init in INITS}
+    main_repo = repos["pretrained"]
+    scratch_repo(main_repo)  # every run: the copy gets this checkout's code, DVC keeps the rest
+    write_params(main_repo, preset)
+    seconds = {"data": dvc_repro("tokenize", main_repo, env, logs)}
+    seconds["pretrain"] = dvc_repro("pretrain", main_repo, env, logs)
+    copy_repo(main_repo, repos["random"])
+    random_preset = copy.deepcopy(preset)
+    for task in tasks:
+        random_preset["finetune"][task]["init"] = "random"
+    write_params(repos["random"], random_preset)
+    with ThreadPoolExecutor(max(1, min(parallel, len(INITS)))) as pool:
+        futures = {
+            init: pool.submit(finetune_runs, repos[init], tasks, env, logs) for init in INITS
+        }
+        runs = {init: future.result() for init, future in futures.items()}
+    finetune: dict[str, dict[str, dict]] = {task: {} for task in tasks}
+    for task in tasks:
+        for init in INITS:
+            finetune[task][init] = runs[init]["metrics"][task]
+            seconds[f"finetune.{task}.{init}"] = runs[init]["seconds"][task]
+    pretrain = json.loads((main_repo / "metrics" / "pretrain.json").read_text(encoding="utf-8"))
+    return {"seconds": seconds, "pretrain": pretrain, "finetune": finetune}
+
+
+# --- starting from a checkpoint, through DVC ----------------------------------------------
 
 
 def checkpoint_run(work: Path, name: str, preset: dict, tasks: Sequence[str], env: dict) -> dict:
@@ -658,7 +572,7 @@ def main() -> None:
         "--jobs",
         type=int,
         default=2,
-        help="stages run at once (default 2: one per core, one thread each)",
+        help="fine-tunes run at once (default 2: pretrained and random side by side)",
     )
     parser.add_argument(
         "--work", type=Path, default=None,
@@ -695,7 +609,7 @@ def main() -> None:
     tfidf = None
     if "classification" in args.tasks:
         print("[quality] tfidf ...", file=sys.stderr, flush=True)
-        tfidf = run_tfidf(work / "data" / "prepared", preset["seed"])
+        tfidf = run_tfidf(work / "pretrained" / "data" / "prepared", preset["seed"])
         run["seconds"]["tfidf"] = tfidf["seconds"]
 
     result = {
@@ -731,7 +645,6 @@ def main() -> None:
 def main_checkpoint(args) -> None:
     began, load_before = time.perf_counter(), _load()
     env = stage_env(args.threads)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     try:
         run = run_checkpoint_rows(args, env)
     except StageFailed as exc:
