@@ -36,8 +36,8 @@ def tokenizer():
     return train_tokenizer(TEXTS, vocab_size=120, min_frequency=1, lowercase=True)
 
 
-def test_registry_lists_the_three_tasks():
-    assert set(TASKS) == {"classification", "ner", "qa"}
+def test_registry_lists_the_four_tasks():
+    assert set(TASKS) == {"classification", "ner", "qa", "generation"}
 
 
 def first_positions(features: Features, row: int = 0) -> list[tuple[int, int]]:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from lmforge.tasks.base import Task
 from lmforge.tasks.classification import ClassificationTask
+from lmforge.tasks.generation import GenerationTask
 from lmforge.tasks.ner import NerTask
 from lmforge.tasks.qa import QaTask
 
-TASKS: dict[str, Task] = {t.name: t for t in (ClassificationTask(), NerTask(), QaTask())}
+TASKS: dict[str, Task] = {
+    t.name: t for t in (ClassificationTask(), NerTask(), QaTask(), GenerationTask())
+}
 
 
 def get_task(name: str) -> Task:
