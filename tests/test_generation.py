@@ -299,3 +299,17 @@ def test_numpy_scoring_equals_the_models_own_loss(tokenizer):
     assert metrics["eval_loss"] == pytest.approx(float(out.loss), rel=1e-5)
     assert metrics["perplexity"] == pytest.approx(math.exp(float(out.loss)), rel=1e-5)
     assert perplexity(float(nll.sum()), int(tokens.sum())) == pytest.approx(metrics["perplexity"])
+
+
+def test_hub_texts_become_completions_of_an_empty_prompt():
+    from datasets import Dataset
+
+    from lmforge.data.hub import generation_from_hub
+
+    rows = Dataset.from_dict({"text": ["Once upon a time.", "  ", "中文故事 🙂\n"]})
+    assert generation_from_hub(rows, "text", "hf:x[train]") == [
+        GenerationExample("", "Once upon a time."),
+        GenerationExample("", "中文故事 🙂"),
+    ]
+    with pytest.raises(DataError, match=r"^hf:x\[train\]: no column 'story'"):
+        generation_from_hub(rows, "story", "hf:x[train]")
