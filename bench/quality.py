@@ -54,7 +54,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from lmforge.config import TASKS, load_params  # noqa: E402
+from lmforge.config import ENCODER_TASKS as TASKS  # noqa: E402
+from lmforge.config import load_params  # noqa: E402
 from lmforge.tasks.script import has_cjk  # noqa: E402
 
 INITS = ("pretrained", "random")

@@ -1,10 +1,11 @@
-"""Stage finetune: train and evaluate one task (`python -m stages.finetune ner`)."""
+"""Stage finetune: train and evaluate one task of `finetune` (`python -m stages.finetune ner`)."""
 
 import argparse
 from pathlib import Path
 
 from lmforge.artifacts import write_json
 from lmforge.config import TASKS, load_params
+from lmforge.errors import ConfigError
 from lmforge.finetune import run_finetune
 from lmforge.stage import log, run_stage
 
@@ -24,6 +25,8 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
     task = args.task
+    if task not in params.finetune.tasks:
+        raise ConfigError(f"finetune.{task} is not set in params.yaml: nothing to train")
     metrics = run_finetune(
         task, getattr(params.finetune, task), params.seed, args.pretrained, args.prepared,
         args.out or Path("artifacts/finetuned") / task,

@@ -1,5 +1,5 @@
-"""Stage tokenize: train the WordPiece tokenizer (or take the checkpoint's) and pack the
-corpus into token blocks."""
+"""Stage tokenize: train the tokenizer of model.arch (WordPiece for bert, byte-level BPE
+for gpt2), or take the checkpoint's, and pack the corpus into token blocks."""
 
 import argparse
 import os
@@ -26,7 +26,7 @@ def main() -> None:
     summary = run_tokenize(
         corpus, t.vocab_size, t.min_frequency, t.lowercase, params.model.max_seq_len,
         args.tokenizer, args.tokens, t.train_sample_mb, num_proc=len(os.sched_getaffinity(0)),
-        checkpoint_dir=start,
+        checkpoint_dir=start, arch=params.model.arch,
     )  # fmt: skip
     log.info("tokenized %s", summary)
 

@@ -45,6 +45,28 @@ def tiny_corpus_dirs(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_gpt2_corpus_dirs(tmp_path_factory) -> Path:
+    """As tiny_corpus_dirs, for model.arch gpt2: byte-level BPE, blocks of 32 without a frame."""
+    import pydoc_data.topics
+
+    from lmforge.data.corpus import write_corpus
+    from lmforge.tokenizer import run_tokenize
+
+    root = tmp_path_factory.mktemp("gpt2_corpus")
+    docs = [p for text in pydoc_data.topics.topics.values() for p in text.split("\n\n")]
+    docs = [d for d in docs if d.strip()][:600]
+    corpus = {"train": root / "train.parquet", "validation": root / "validation.parquet"}
+    write_corpus(corpus["train"], docs[:540])
+    write_corpus(corpus["validation"], docs[540:])
+    run_tokenize(
+        corpus, vocab_size=800, min_frequency=2, lowercase=False, block_len=32,
+        tokenizer_dir=root / "artifacts" / "tokenizer", tokens_dir=root / "data" / "tokens",
+        arch="gpt2",
+    )  # fmt: skip
+    return root
+
+
 @pytest.fixture
 def stage_env() -> dict:
     """Environment for running `python -m stages.X` from a scratch folder."""

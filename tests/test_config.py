@@ -77,12 +77,17 @@ def test_scientific_notation_string_is_a_number(tmp_path):
 
 
 def test_params_yaml_sets_every_config_field():
-    """params.yaml documents every key: none is left to a hidden default."""
+    """params.yaml documents every key: none is left to a hidden default. Optional groups
+    (a task's finetune entry or data files, default None) may be absent: absent means
+    "not this task" (params-gpt2.yaml sets the generation ones)."""
 
     def walk(cls, raw, where):
         if cls is HubDataset:  # hub entries list only what differs from datasets' defaults
             return
         for f in dataclasses.fields(cls):
+            optional_group = f.default is None and _field_class(cls, f.name) is not None
+            if optional_group and f.name not in raw:
+                continue
             assert f.name in raw, f"params.yaml lacks {where}{f.name}"
             if dataclasses.is_dataclass(f.type) or isinstance(raw[f.name], dict):
                 sub = _field_class(cls, f.name)
@@ -90,25 +95,42 @@ def test_params_yaml_sets_every_config_field():
                     walk(sub, raw[f.name], f"{where}{f.name}.")
 
     walk(Params, default_params(), "")
+    walk(Params, yaml.safe_load((REPO / "params-gpt2.yaml").read_text()), "")
 
 
 def _field_class(cls, name):
+    """The dataclass a field holds (also when it may be None), else None."""
     import typing
 
     hint = typing.get_type_hints(cls)[name]
-    return hint if dataclasses.is_dataclass(hint) else None
+    options = typing.get_args(hint) or (hint,)
+    return next((o for o in options if dataclasses.is_dataclass(o)), None)
+
+
+def _foreach_keys(stage: dict, raw: dict) -> list:
+    """The keys a stage's foreach expands to: a list's items, or a params dict's keys."""
+    items = stage.get("foreach", [None])
+    if isinstance(items, str):  # ${group.sub}: one stage per key of that params group
+        node = raw
+        for part in items.strip("${}").split("."):
+            node = node[part]
+        return list(node)
+    return items
 
 
 def test_dvc_params_exist_in_config():
     """Every params key a dvc.yaml stage declares is a real config key."""
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    raw = default_params()
+    for raw in (default_params(), yaml.safe_load((REPO / "params-gpt2.yaml").read_text())):
+        _check_stage_params(dvc, raw)
+
+
+def _check_stage_params(dvc: dict, raw: dict) -> None:
     for name, stage in dvc["stages"].items():
         body = stage.get("do", stage)
-        items = stage.get("foreach", [None])
-        for item in items:
+        for item in _foreach_keys(stage, raw):
             for key in body.get("params", []):
-                key = key.replace("${item}", item) if item else key
+                key = key.replace("${key}", item) if item else key
                 node = raw
                 for part in key.split("."):
                     assert part in node, f"stage {name} declares unknown param {key}"
@@ -123,7 +145,8 @@ def test_stage_defaults_match_dvc_paths():
         script = (REPO / "stages" / f"{name}.py").read_text()
         for flag, value in re.findall(r"--(\w+) (\S+)", cmd):
             assert f'"--{flag}"' in script, f"stages/{name}.py has no --{flag}"
-            if "${key}" in value:  # one stage per params entry: the script requires the flag
+            per_task = 'add_argument("task"' in script  # ${key} is the task argument
+            if "${key}" in value and not per_task:  # the script requires the flag
                 assert "required=True" in script, f"stages/{name}.py: --{flag} not required"
                 continue
             assert _default_expression(value) in script, (
@@ -133,7 +156,7 @@ def test_stage_defaults_match_dvc_paths():
 
 def _default_expression(value: str) -> str:
     """How a stage script spells the default of a dvc.yaml path (per-task ones too)."""
-    if "/${item}" not in value:
+    if "/${key}" not in value:
         return f'Path("{value}")'
-    folder, rest = value.split("/${item}")
+    folder, rest = value.split("/${key}")
     return f'Path("{folder}") / task' if not rest else f'Path("{folder}") / f"{{task}}{rest}"'

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lmforge.config import TASKS, load_params
+from lmforge.config import ENCODER_TASKS as TASKS
+from lmforge.config import load_params
 from support import REPO, SHARED_DATA
 
 PRESET = REPO / "params-real.yaml"

@@ -19,7 +19,7 @@ from lmforge.tasks.qa import (
     qa_scores,
     token_span,
 )
-from lmforge.tasks.registry import TASKS
+from lmforge.tasks.registry import DECODER_TASKS, TASKS, get_task
 from lmforge.tasks.script import join_tokens
 from lmforge.tokenizer import train_tokenizer, unk_rate
 from lmforge.tokens import open_blocks, pack_corpus
@@ -36,8 +36,10 @@ def tokenizer():
     return train_tokenizer(TEXTS, vocab_size=120, min_frequency=1, lowercase=True)
 
 
-def test_registry_lists_the_three_tasks():
+def test_registry_lists_the_encoder_and_decoder_tasks():
     assert set(TASKS) == {"classification", "ner", "qa"}
+    assert set(DECODER_TASKS) == {"generation"}
+    assert get_task("generation").metric_name == "perplexity"
 
 
 def first_positions(features: Features, row: int = 0) -> list[tuple[int, int]]:

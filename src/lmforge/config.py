@@ -18,7 +18,10 @@ import yaml
 
 from lmforge.errors import ConfigError
 
-TASKS = ("classification", "ner", "qa")
+ENCODER_TASKS = ("classification", "ner", "qa")
+TASKS = (*ENCODER_TASKS, "generation")
+# The tasks each model.arch can be fine-tuned on (the keys `finetune` may hold).
+ARCH_TASKS = {"bert": ENCODER_TASKS, "gpt2": ("generation",)}
 
 
 @dataclass
@@ -35,9 +38,13 @@ class TablePaths(SplitPaths):
 
 @dataclass
 class LocalData:
-    classification: TablePaths
-    ner: SplitPaths
-    qa: SplitPaths
+    """Local files per part; a task's entry is needed only when `finetune` lists the task."""
+
+    classification: TablePaths | None = None
+    ner: SplitPaths | None = None
+    qa: SplitPaths | None = None
+    # Plain text (prompt "") or JSONL with prompt/completion (or text) fields.
+    generation: SplitPaths | None = None
     # Unlabelled text; omitted (or null): pretraining reads the task splits' text alone
     # (train for training, validation for its evaluation).
     corpus: SplitPaths | None = None
@@ -58,9 +65,10 @@ class HubDataset:
 @dataclass
 class HubData:
     corpus: HubDataset
-    classification: HubDataset
-    ner: HubDataset
-    qa: HubDataset
+    classification: HubDataset | None = None
+    ner: HubDataset | None = None
+    qa: HubDataset | None = None
+    generation: HubDataset | None = None  # text_column read as completions (prompt "")
 
 
 @dataclass
@@ -70,6 +78,9 @@ class SampleData:
     classification_examples: int = 1200
     ner_sentences: int = 1200
     qa_examples: int = 800
+    # Prompt -> completion pairs of corpus sentences; validation draws from the held-out
+    # paragraphs and has at most as many pairs as they hold (60 with seed 42).
+    generation_examples: int = 600
     validation_fraction: float = 0.2
 
 
@@ -103,6 +114,9 @@ class ModelConfig:
     max_seq_len: int
     dropout: float = 0.1
     attention_dropout: float = 0.1
+    # bert: the masked-LM encoder (classification, ner, qa); gpt2: the causal-LM decoder
+    # (generation). The keys above give either its shape.
+    arch: Literal["bert", "gpt2"] = "bert"
     # A Hugging Face BERT checkpoint (local save_pretrained dir or hub id) to start from;
     # its shape and tokenizer replace the keys above (all but max_seq_len and dropouts).
     checkpoint: str | None = None
@@ -156,9 +170,16 @@ class QaTrainConfig(TaskTrainConfig):
 
 @dataclass
 class FinetuneConfig:
-    classification: TaskTrainConfig
-    ner: TaskTrainConfig
-    qa: QaTrainConfig
+    """One entry per task to fine-tune: the set of tasks is the keys present."""
+
+    classification: TaskTrainConfig | None = None
+    ner: TaskTrainConfig | None = None
+    qa: QaTrainConfig | None = None
+    generation: TaskTrainConfig | None = None  # causal LM on prompt -> completion (gpt2)
+
+    @property
+    def tasks(self) -> list[str]:
+        return [task for task in TASKS if getattr(self, task) is not None]
 
 
 @dataclass
@@ -301,7 +322,8 @@ def validate(p: Params) -> None:
     _check(p.pretrain.keep_checkpoints >= 1, "pretrain.keep_checkpoints must be at least 1")
     _check(p.pretrain.eval_every > 0, "pretrain.eval_every must be positive")
     _check(0 < p.pretrain.mlm_probability < 1, "pretrain.mlm_probability must be between 0 and 1")
-    for task in TASKS:
+    validate_tasks(p)
+    for task in p.finetune.tasks:
         cfg: TaskTrainConfig = getattr(p.finetune, task)
         where = f"finetune.{task}"
         validate_engine(cfg, where)
@@ -312,16 +334,46 @@ def validate(p: Params) -> None:
             f"({m.max_seq_len}, the model's positions), got {cfg.max_seq_len}",
         )
     qa = p.finetune.qa
-    _check(
-        0 < qa.doc_stride < qa.max_seq_len // 2,
-        f"finetune.qa.doc_stride must be between 1 and half of finetune.qa.max_seq_len, got {qa.doc_stride}",
-    )
-    _check(qa.max_answer_len > 0, "finetune.qa.max_answer_len must be positive")
+    if qa is not None:
+        _check(
+            0 < qa.doc_stride < qa.max_seq_len // 2,
+            f"finetune.qa.doc_stride must be between 1 and half of finetune.qa.max_seq_len, got {qa.doc_stride}",
+        )
+        _check(qa.max_answer_len > 0, "finetune.qa.max_answer_len must be positive")
     _check(p.compress.latency_runs >= 5, "compress.latency_runs must be at least 5")
     _check(
         p.compress.latency_threads >= 0,
         f"compress.latency_threads must be >= 0 (0: all cores), got {p.compress.latency_threads}",
     )
+
+
+def validate_tasks(p: Params) -> None:
+    """The finetune tasks suit model.arch, and the data source holds each one's data."""
+    arch, tasks = p.model.arch, p.finetune.tasks
+    allowed = ARCH_TASKS[arch]
+    _check(bool(tasks), f"finetune must list at least one task ({', '.join(allowed)})")
+    for task in tasks:
+        _check(
+            task in allowed,
+            f"finetune.{task}: model.arch {arch} fine-tunes only {', '.join(allowed)}",
+        )
+        if p.data.source != "sample":
+            group = p.data.local if p.data.source == "local" else p.data.hf
+            _check(
+                getattr(group, task) is not None,
+                f"data.{p.data.source}.{task} is missing: finetune.{task} needs its data",
+            )
+    if arch == "gpt2":
+        _check(
+            p.model.checkpoint is None,
+            "model.checkpoint: starting from a checkpoint is BERT-only for now; "
+            "with model.arch gpt2 set model.checkpoint: null",
+        )
+        _check(
+            not p.tokenize.lowercase,
+            "tokenize.lowercase must be false with model.arch gpt2 "
+            "(its byte-level BPE keeps text exactly as written)",
+        )
 
 
 def validate_engine(cfg: EngineConfig, where: str) -> None:

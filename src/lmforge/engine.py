@@ -459,24 +459,31 @@ class Trainer:
 
     @torch.no_grad()
     def predict(
-        self, inputs: dict[str, np.ndarray], batch_size: int, outputs: tuple[str, ...]
+        self,
+        inputs: dict[str, np.ndarray],
+        batch_size: int,
+        outputs: tuple[str, ...],
+        reduce: Callable[[dict, slice], dict | None] | None = None,
     ) -> dict:
-        """Run the model over `inputs` (all rows, this rank) and return numpy outputs."""
+        """Run the model over `inputs` (all rows, this rank) and return numpy outputs.
+
+        `reduce(outputs, rows)` may replace each batch's outputs (still trimmed to its
+        longest row) by what the caller keeps of them, e.g. a loss per row.
+        """
         self.engine.eval()
-        collected: dict[str, list] = {name: [] for name in outputs}
+        collected: dict[str, list] = {}
         rows = len(inputs["input_ids"])
         for start in range(0, rows, batch_size):
             chunk = {k: v[start : start + batch_size] for k, v in inputs.items()}
             seq = chunk["input_ids"].shape[1]
             trimmed = to_tensors(trim_padding(chunk))
             result = self.engine(**{k: v.to(self.device) for k, v in trimmed.items()})
-            for name in outputs:
-                value = result[name].float().cpu().numpy()
-                if value.ndim >= 2 and value.shape[1] < seq:  # restore trimmed columns
-                    pad = [(0, 0)] * value.ndim
-                    pad[1] = (0, seq - value.shape[1])
-                    value = np.pad(value, pad, constant_values=-1e4)
-                collected[name].append(value)
+            values = {name: result[name].float().cpu().numpy() for name in outputs}
+            reduced = reduce(values, slice(start, start + batch_size)) if reduce else None
+            if reduced is None:
+                reduced = {name: _restore_columns(value, seq) for name, value in values.items()}
+            for name, value in reduced.items():
+                collected.setdefault(name, []).append(value)
         return {name: np.concatenate(parts) for name, parts in collected.items()}
 
     def save_pretrained(self, out_dir: Path) -> None:
@@ -495,6 +502,15 @@ class Trainer:
                 }
                 module.save_pretrained(str(out_dir), state_dict=state, safe_serialization=True)
         barrier()
+
+
+def _restore_columns(value: np.ndarray, seq: int) -> np.ndarray:
+    """Pad an output trimmed with its batch's padding back to `seq` columns."""
+    if value.ndim < 2 or value.shape[1] >= seq:
+        return value
+    pad = [(0, 0)] * value.ndim
+    pad[1] = (0, seq - value.shape[1])
+    return np.pad(value, pad, constant_values=-1e4)
 
 
 def complete_tags(directory: Path) -> list[str]:

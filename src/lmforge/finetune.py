@@ -1,4 +1,4 @@
-"""Fine-tune the pretrained encoder (or a random one) on a task through the engine."""
+"""Fine-tune the pretrained model (or a random one) on a task through the engine."""
 
 from __future__ import annotations
 
@@ -65,7 +65,10 @@ def run_finetune(
     trainer = Trainer(model, settings, batches, curve_path=curve_path)
     result = trainer.fit()
 
-    outputs = trainer.predict(val_features.inputs, EVAL_BATCH_SIZE, task.output_names)
+    outputs = trainer.predict(
+        val_features.inputs, EVAL_BATCH_SIZE, task.output_names,
+        reduce=lambda values, rows: task.reduce_outputs(values, val_features, rows),
+    )  # fmt: skip
     metrics = task.evaluate(outputs, val_features, validation, labels, **options)
     metrics = {k: round(v, 5) for k, v in metrics.items()}
     log.info("%s: %s", task_name, metrics)

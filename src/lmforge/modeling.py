@@ -1,4 +1,5 @@
-"""Build Hugging Face BERT configs and models from the typed model params."""
+"""Build Hugging Face models from the typed model params: a BERT encoder or a GPT-2
+decoder (model.arch), for pretraining and for the tasks."""
 
 from __future__ import annotations
 
@@ -8,10 +9,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import transformers
-from transformers import BertConfig, BertForPreTraining, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    BertConfig,
+    BertForPreTraining,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedModel,
+)
 from transformers.utils import ModelOutput
 
 from lmforge.config import ModelConfig
+from lmforge.tokenizer import EOS_ID
 
 
 def bert_config(model: ModelConfig, vocab_size: int, **extra) -> BertConfig:
@@ -29,14 +38,40 @@ def bert_config(model: ModelConfig, vocab_size: int, **extra) -> BertConfig:
     )
 
 
+def gpt2_config(model: ModelConfig, vocab_size: int, **extra) -> GPT2Config:
+    return GPT2Config(
+        vocab_size=vocab_size,
+        n_embd=model.hidden_size,
+        n_layer=model.num_layers,
+        n_head=model.num_heads,
+        n_inner=model.intermediate_size,
+        n_positions=model.max_seq_len,
+        resid_pdrop=model.dropout,
+        embd_pdrop=model.dropout,
+        attn_pdrop=model.attention_dropout,
+        bos_token_id=EOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=EOS_ID,
+        **extra,
+    )
+
+
 def masked_lm(config: BertConfig) -> MaskedPositionsMlm:
     return MaskedPositionsMlm(BertForPreTraining(config))
+
+
+def pretraining_model(model: ModelConfig, vocab_size: int) -> torch.nn.Module:
+    """What model.arch pretrains from scratch: BERT under the masked-LM (+ sentence order)
+    loss, or GPT-2 whose own loss, given labels = input_ids, is next-token prediction."""
+    if model.arch == "gpt2":
+        return GPT2LMHeadModel(gpt2_config(model, vocab_size))
+    return masked_lm(bert_config(model, vocab_size))
 
 
 def task_model(
     auto_model: str, init: str, pretrained_dir: Path, labels: list[str]
 ) -> PreTrainedModel:
-    """A task head on the pretrained encoder, or the same architecture from scratch.
+    """A task head on the pretrained model, or the same architecture from scratch.
 
     `init: random` is the honest baseline: identical shape, no pretraining.
     """
@@ -50,7 +85,7 @@ def task_model(
         }
     if init == "pretrained":
         return auto_class.from_pretrained(str(pretrained_dir), **label_kwargs)
-    config = BertConfig.from_pretrained(str(pretrained_dir), **label_kwargs)
+    config = AutoConfig.from_pretrained(str(pretrained_dir), **label_kwargs)
     return auto_class.from_config(config)
 
 

@@ -1,4 +1,5 @@
-"""Masked-language-model pretraining of a BERT encoder on packed token blocks."""
+"""Pretraining on packed token blocks: masked-language modelling of a BERT encoder, or
+next-token prediction of a GPT-2 decoder (model.arch)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from lmforge.engine import (
     to_tensors,
 )
 from lmforge.errors import ConfigError
-from lmforge.modeling import bert_config, masked_lm
+from lmforge.modeling import pretraining_model
 from lmforge.tasks.base import IGNORE_INDEX
 from lmforge.tokenizer import SPECIAL_TOKENS, load_tokenizer, unk_rate
 from lmforge.tokens import open_blocks
@@ -133,6 +134,25 @@ def build_masking(tokenizer, cfg: PretrainConfig, seed: int) -> MlmMasking:
     )
 
 
+def next_token_rows(batch: dict, step: int, positions: np.ndarray | None = None) -> dict:
+    """Causal-LM rows: a block is its own labels (the model shifts them by one position).
+
+    Nothing is random, so any rank and any step see the same rows alike.
+    """
+    ids = batch["input_ids"].astype(np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": ids}
+
+
+def objective(arch: str, tokenizer, cfg: PretrainConfig, seed: int) -> tuple:
+    """(rows to train on, rows to evaluate on, the evaluator's loss output and label shift)
+    for model.arch: BERT's masked LM (+ sentence order) or GPT-2's next-token prediction.
+    Evaluation masks with another seed than training, so its masked positions are new."""
+    if arch == "gpt2":
+        return next_token_rows, next_token_rows, "loss", 1
+    train = build_masking(tokenizer, cfg, seed)
+    return train, build_masking(tokenizer, cfg, seed + 1), "mlm_loss", 0
+
+
 def engine_settings(cfg, total_steps: int, seed: int, where: str) -> EngineSettings:
     """Plain engine arguments from any params group that extends EngineConfig."""
     return EngineSettings(
@@ -163,7 +183,7 @@ def run_pretrain(
     curve_path: Path | None = None,
     start_from: Path | None = None,
 ) -> dict:
-    """Train, evaluate and save the encoder; returns metrics/pretrain.json's content.
+    """Train, evaluate and save the model; returns metrics/pretrain.json's content.
 
     `start_from`: an imported checkpoint folder (lmforge.checkpoints) whose weights
     masked-LM training continues from; with `max_steps` 0 it is published as it is.
@@ -186,13 +206,13 @@ def run_pretrain(
             f"model.max_seq_len is {model_cfg.max_seq_len}; re-run the tokenize stage"
         )
     tokenizer = load_tokenizer(tokenizer_dir)
-    masking = build_masking(tokenizer, cfg, seed)
+    train_rows, eval_rows, eval_loss, label_shift = objective(model_cfg.arch, tokenizer, cfg, seed)
     settings = engine_settings(cfg, cfg.max_steps, seed, "pretrain")
     global_batch = cfg.micro_batch_size * cfg.grad_accum * world
-    batches = StepBatches({"input_ids": train}, global_batch, seed, masking)
+    batches = StepBatches({"input_ids": train}, global_batch, seed, train_rows)
     torch.manual_seed(seed)  # identical initial weights on every rank and every run
     if start_from is None:
-        model = masked_lm(bert_config(model_cfg, tokenizer.get_vocab_size()))
+        model = pretraining_model(model_cfg, tokenizer.get_vocab_size())
     else:
         model = masked_lm_from(start_from, model_cfg.dropout, model_cfg.attention_dropout)
         _check_vocab(tokenizer, model, tokenizer_dir)
@@ -204,9 +224,7 @@ def run_pretrain(
         keep=cfg.keep_checkpoints,
         fingerprint=fingerprint(run_identity, model_cfg, seed, world, header["sha256"], base),
     )
-    evaluator = MlmEvaluator(
-        validation, build_masking(tokenizer, cfg, seed + 1), cfg.micro_batch_size
-    )
+    evaluator = HeldOutLoss(validation, eval_rows, cfg.micro_batch_size, eval_loss, label_shift)
     trainer = Trainer(
         model,
         settings,
@@ -218,7 +236,7 @@ def run_pretrain(
     )
     result = trainer.fit()
     final_eval = result.evals[-1] if result.evals else evaluator(trainer)
-    save_encoder(trainer, tokenizer_dir, out_dir, rank)
+    save_model(trainer, tokenizer_dir, out_dir, rank)
     return {
         "eval_loss": final_eval["eval_loss"],
         "eval_perplexity": final_eval["eval_perplexity"],
@@ -231,27 +249,35 @@ def run_pretrain(
     }
 
 
-class MlmEvaluator:
-    """Masked-LM loss over held-out blocks, fixed masking, shared out over the ranks."""
+class HeldOutLoss:
+    """Loss per predicted token over held-out blocks, shared out over the ranks.
 
-    def __init__(self, blocks: np.ndarray, masking: MlmMasking, batch_size: int):
+    `rows` turns blocks into model inputs (fixed MLM masking, or next-token rows);
+    `loss_name` is the model output averaged over the predicted tokens (BERT's MLM loss
+    alone: perplexity is of the MLM, not of sentence order); a causal LM predicts every
+    label but the first (`label_shift` 1).
+    """
+
+    def __init__(self, blocks: np.ndarray, rows, batch_size: int, loss_name: str, label_shift: int):
         self.blocks = blocks
-        self.masking = masking
+        self.rows = rows
         self.batch_size = batch_size
+        self.loss_name = loss_name
+        self.label_shift = label_shift
 
     @torch.no_grad()
     def __call__(self, trainer: Trainer) -> dict:
         trainer.engine.eval()
-        loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of token losses, masked tokens)
+        loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of token losses, tokens)
         for index, start in enumerate(range(0, len(self.blocks), self.batch_size)):
             if index % trainer.world != trainer.rank:
                 continue
-            batch = self.masking({"input_ids": self.blocks[start : start + self.batch_size]}, index)
+            batch = self.rows({"input_ids": self.blocks[start : start + self.batch_size]}, index)
             tensors = {k: v.to(trainer.device) for k, v in to_tensors(batch).items()}
-            masked = int((tensors["labels"] != IGNORE_INDEX).sum())
-            if masked:
-                mlm_loss = trainer.engine(**tensors).mlm_loss  # perplexity is of the MLM alone
-                loss_sum += torch.tensor([float(mlm_loss) * masked, masked])
+            predicted = int((tensors["labels"][:, self.label_shift :] != IGNORE_INDEX).sum())
+            if predicted:
+                loss = getattr(trainer.engine(**tensors), self.loss_name)
+                loss_sum += torch.tensor([float(loss) * predicted, predicted])
         if trainer.world > 1:
             torch.distributed.all_reduce(loss_sum)
         loss = float(loss_sum[0] / max(loss_sum[1], 1))
@@ -284,7 +310,7 @@ def _check_vocab(tokenizer, model, tokenizer_dir: Path) -> None:
         )
 
 
-def save_encoder(trainer: Trainer, tokenizer_dir: Path, out_dir: Path, rank: int) -> None:
+def save_model(trainer: Trainer, tokenizer_dir: Path, out_dir: Path, rank: int) -> None:
     """Consolidated model + tokenizer, published atomically (rank 0 writes)."""
     staging = out_dir.with_name(f".{out_dir.name}.partial")
     if rank == 0:

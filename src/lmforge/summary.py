@@ -22,14 +22,16 @@ def render(metrics_dir: Path = Path("metrics")) -> str:
         f"{'task':<15}{'metric':<16}{'torch':>8}{'onnx':>8}{'int8':>8}"
         f"{'ms torch':>10}{'ms int8':>9}{'MB fp32':>9}{'MB int8':>9}",
     ]
-    for task in TASKS:
+    # The tasks this run fine-tuned (finetune's keys: the encoder's three, or generation).
+    for task in (t for t in TASKS if (metrics_dir / "finetune" / f"{t}.json").is_file()):
         fine = _load(metrics_dir / "finetune" / f"{task}.json")
         comp = _load(metrics_dir / "compress" / f"{task}.json")
         name = comp.get("metric_name", "")
         extras = ", ".join(
             f"{k} {v:.4f}"
             for k, v in fine.items()
-            if k in ("accuracy", "f1_macro", "f1", "precision", "recall", "exact_match")
+            if k
+            in ("accuracy", "f1_macro", "f1", "precision", "recall", "exact_match", "perplexity")
         )
         runtimes = [comp.get(r, {}) for r in ("torch", "onnx_fp32", "onnx_int8")]
         scores = "".join(f"{r.get('metric', float('nan')):>8.4f}" for r in runtimes)

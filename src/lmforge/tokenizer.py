@@ -1,4 +1,5 @@
-"""Train a WordPiece tokenizer for `tokenizers`; save and load it; run the tokenize step.
+"""Train the tokenizer of each model.arch with `tokenizers` (WordPiece for BERT, byte-level
+BPE for GPT-2); save and load it; run the tokenize step.
 
 The saved folder holds `tokenizer.json` (read by `tokenizers` in the service) and the
 Hugging Face files, so `AutoTokenizer.from_pretrained(folder)` works too.
@@ -10,11 +11,30 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 
 from lmforge.wordpiece import PREFIX, build_vocab, count_words
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# GPT-2's one special token (id 0): it ends every document and stands in as bos, pad and unk.
+EOS = "<|endoftext|>"
+EOS_ID = 0  # the trainer gives special tokens the first ids
+# What each special token is to `transformers`, per model.arch.
+TOKEN_ROLES = {
+    "bert": {
+        "unk_token": "[UNK]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+        "sep_token": "[SEP]", "mask_token": "[MASK]",
+    },
+    "gpt2": {"bos_token": EOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS},
+}  # fmt: skip
 
 
 def train_tokenizer(
@@ -46,18 +66,45 @@ def train_tokenizer(
     return tokenizer
 
 
-def save_tokenizer(tokenizer: Tokenizer, out_dir: Path, model_max_length: int) -> None:
+def train_byte_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int) -> Tokenizer:
+    """GPT-2's byte-level BPE: text is read as UTF-8 bytes and all 256 of them are in the
+    vocabulary, so nothing is ever unknown and decoding gives back the exact text.
+
+    No normalizer (text stays as written) and no post-processor: encoding a prompt gives
+    its tokens only. `tokenizers`' BpeTrainer breaks ties by pair ids that follow the
+    sorted byte alphabet, so, unlike its WordPiece trainer, it is deterministic (tested).
+    """
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    return tokenizer
+
+
+def train_for(
+    arch: str, texts: Iterable[str], vocab_size: int, min_frequency: int, lowercase: bool
+) -> Tokenizer:
+    """The tokenizer model.arch reads with: WordPiece for bert, byte-level BPE for gpt2."""
+    if arch == "gpt2":
+        return train_byte_bpe(texts, vocab_size, min_frequency)
+    return train_tokenizer(texts, vocab_size, min_frequency, lowercase)
+
+
+def save_tokenizer(
+    tokenizer: Tokenizer, out_dir: Path, model_max_length: int, arch: str = "bert"
+) -> None:
     """Write tokenizer.json plus the Hugging Face PreTrainedTokenizerFast files."""
     from transformers import PreTrainedTokenizerFast
 
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_max_length=model_max_length,
+        tokenizer_object=tokenizer, model_max_length=model_max_length, **TOKEN_ROLES[arch]
     )
     fast.save_pretrained(str(out_dir))
 
@@ -68,7 +115,9 @@ def load_tokenizer(folder: Path) -> Tokenizer:
 
 def unk_rate(tokenizer: Tokenizer, blocks: np.ndarray) -> float:
     """Share of the text's tokens (special tokens aside) that are [UNK]: characters the
-    vocabulary lacks, which no model can read."""
+    vocabulary lacks, which no model can read (none for a byte-level BPE: it has no [UNK])."""
+    if tokenizer.token_to_id("[UNK]") is None:
+        return 0.0
     special = [tokenizer.token_to_id(token) for token in SPECIAL_TOKENS]
     text_tokens = int((~np.isin(blocks, special)).sum())
     unknown = int((blocks == tokenizer.token_to_id("[UNK]")).sum())
@@ -86,9 +135,11 @@ def run_tokenize(
     train_sample_mb: int = 64,
     num_proc: int = 1,
     checkpoint_dir: Path | None = None,
+    arch: str = "bert",
 ) -> dict:
     """Train on a sample of the train split (or take the checkpoint's tokenizer: its
-    vocabulary is the weights'), save the tokenizer, pack both splits into blocks.
+    vocabulary is the weights'), save the tokenizer, pack both splits into blocks
+    (as `arch` reads them, see lmforge.tokens.BLOCK_LAYOUTS).
 
     `prepared_corpus` maps split to its Parquet file. The tokenizer learns from every k-th
     document, about `train_sample_mb` MB of text (all of it when the split is smaller).
@@ -96,13 +147,13 @@ def run_tokenize(
     from lmforge.artifacts import atomic_dir
     from lmforge.checkpoints import save_tokenizer_of
     from lmforge.data.corpus import corpus_batches, corpus_documents, sample_documents
-    from lmforge.tokens import pack_corpus
+    from lmforge.tokens import BLOCK_LAYOUTS, pack_corpus
 
     with atomic_dir(tokenizer_dir) as tmp:
         if checkpoint_dir is None:
             sample = sample_documents(prepared_corpus["train"], train_sample_mb << 20)
-            tokenizer = train_tokenizer(sample, vocab_size, min_frequency, lowercase)
-            save_tokenizer(tokenizer, tmp, block_len)
+            tokenizer = train_for(arch, sample, vocab_size, min_frequency, lowercase)
+            save_tokenizer(tokenizer, tmp, block_len, arch)
         else:
             tokenizer = save_tokenizer_of(checkpoint_dir, tmp, block_len)
     summary = {"vocab_size": tokenizer.get_vocab_size(), "block_len": block_len}
@@ -110,7 +161,7 @@ def run_tokenize(
         for split, path in prepared_corpus.items():
             header = pack_corpus(
                 tokenizer, corpus_batches(path), block_len, tmp, split, num_proc,
-                total_documents=corpus_documents(path),
+                total_documents=corpus_documents(path), layout=BLOCK_LAYOUTS[arch],
             )  # fmt: skip
             summary[f"{split}_blocks"] = header["blocks"]
             summary[f"{split}_tokens"] = header["tokens"]

@@ -1,4 +1,5 @@
-"""Token files: a corpus packed into [CLS] ... [SEP] blocks, memory-mapped to train on.
+"""Token files: a corpus packed into blocks of `block_len` tokens, memory-mapped to train on
+([CLS] ... [SEP] blocks for BERT, plain runs with <|endoftext|> between documents for GPT-2).
 
 `<split>.bin` holds the blocks back to back, uint16 when the vocabulary fits (else
 uint32), as nanoGPT and Megatron store tokens; `<split>.json` says how to read it
@@ -14,12 +15,23 @@ import multiprocessing
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from lmforge.errors import DataError
+from lmforge.tokenizer import EOS
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    separator: str  # the token written after every document
+    framed: bool  # each block is [CLS] ... [SEP] (BERT) rather than a plain run of tokens
+
+
+BLOCK_LAYOUTS = {"bert": BlockLayout("[SEP]", framed=True), "gpt2": BlockLayout(EOS, framed=False)}
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -34,8 +46,10 @@ def pack_corpus(
     split: str,
     num_proc: int = 1,
     total_documents: int | None = None,
+    layout: BlockLayout = BLOCK_LAYOUTS["bert"],
 ) -> dict:
-    """Concatenate documents ([SEP] between them) into [CLS] ... [SEP] rows of `block_len`.
+    """Concatenate documents (the layout's separator after each) into rows of `block_len`,
+    framed as [CLS] ... [SEP] when the layout says so.
 
     Batches of documents are encoded by `num_proc` processes, in order, so the file is the
     same for any `num_proc`; at most two batches per process are in flight. Packing
@@ -44,19 +58,20 @@ def pack_corpus(
     """
     vocab_size = tokenizer.get_vocab_size()
     dtype = token_dtype(vocab_size)
+    body = block_len - 2 if layout.framed else block_len
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    body = block_len - 2
     carry = np.empty(0, dtype)
     blocks = documents = 0
     digest = hashlib.sha256()
     bar = _bar(split, total_documents)
     with (out_dir / f"{split}.bin").open("wb") as f:
-        for count, ids in _encoded(tokenizer, batches, num_proc, dtype):
+        for count, ids in _encoded(tokenizer, batches, num_proc, dtype, layout.separator):
             stream = np.concatenate([carry, ids])
             rows = len(stream) // body
-            out = np.empty((rows, block_len), dtype)
-            out[:, 0], out[:, -1] = cls_id, sep_id
-            out[:, 1:-1] = stream[: rows * body].reshape(rows, body)
+            out = stream[: rows * body].reshape(rows, body)
+            if layout.framed:
+                out = np.pad(out, ((0, 0), (1, 1)))
+                out[:, 0], out[:, -1] = cls_id, sep_id
             data = out.tobytes()
             f.write(data)
             digest.update(data)
@@ -97,16 +112,20 @@ def open_blocks(tokens_dir: Path, split: str) -> tuple[np.ndarray, dict]:
 
 
 def _encoded(
-    tokenizer: Tokenizer, batches: Iterable[list[str]], num_proc: int, dtype: np.dtype
+    tokenizer: Tokenizer,
+    batches: Iterable[list[str]],
+    num_proc: int,
+    dtype: np.dtype,
+    separator: str,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """(documents, token ids with [SEP] after each document) per batch, in batch order."""
+    """(documents, token ids with `separator` after each document) per batch, in order."""
     if num_proc <= 1:
-        _init_worker(tokenizer.to_str(), dtype.name, parallel=True)
+        _init_worker(tokenizer.to_str(), dtype.name, separator, parallel=True)
         yield from map(_encode, batches)
         return
     # spawn, not fork: the parent's tokenizer may have started Rust threads already.
     context = multiprocessing.get_context("spawn")
-    init = (tokenizer.to_str(), dtype.name, False)
+    init = (tokenizer.to_str(), dtype.name, separator, False)
     with context.Pool(num_proc, initializer=_init_worker, initargs=init) as pool:
         pending: deque = deque()
         for batch in batches:
@@ -120,13 +139,14 @@ def _encoded(
 _worker: dict = {}
 
 
-def _init_worker(tokenizer_json: str, dtype: str, parallel: bool) -> None:
+def _init_worker(tokenizer_json: str, dtype: str, separator: str, parallel: bool) -> None:
     if not parallel:  # the processes are the parallelism; one thread each
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
     tokenizer = Tokenizer.from_str(tokenizer_json)
     tokenizer.no_truncation()
     tokenizer.no_padding()
-    _worker.update(tokenizer=tokenizer, dtype=np.dtype(dtype), sep=[tokenizer.token_to_id("[SEP]")])
+    separator_id = [tokenizer.token_to_id(separator)]
+    _worker.update(tokenizer=tokenizer, dtype=np.dtype(dtype), sep=separator_id)
 
 
 def _encode(documents: list[str]) -> tuple[int, np.ndarray]:

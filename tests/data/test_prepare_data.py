@@ -203,7 +203,7 @@ def test_hub_source_and_empty_split(tmp_path, monkeypatch):
         "ner": {s: [NerExample(["x"], ["O"])] for s in ("train", "validation")},
         "qa": {"train": [QaExample("1", "q", "c")], "validation": []},
     }
-    monkeypatch.setattr(prepare_module, "load_hub", lambda cfg: data)
+    monkeypatch.setattr(prepare_module, "load_hub", lambda cfg, tasks: data)
     with pytest.raises(DataError, match=r"^hf:q\[validation\]: the qa validation split is empty"):
         prepare(config("hf"), tmp_path / "out", tmp_path / "sample")
 

@@ -5,12 +5,17 @@ Loading needs the network; the conversions below are pure functions of a `datase
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from lmforge.config import HubData, HubDataset
+from lmforge.config import ENCODER_TASKS, HubData, HubDataset
 from lmforge.data.conll import to_iob2
-from lmforge.data.records import ClassificationExample, NerExample, QaExample
+from lmforge.data.records import (
+    ClassificationExample,
+    GenerationExample,
+    NerExample,
+    QaExample,
+)
 from lmforge.data.squad import check_answer
 from lmforge.data.text import parse_corpus
 from lmforge.errors import DataError
@@ -18,8 +23,10 @@ from lmforge.errors import DataError
 SPLITS = ("train", "validation")
 
 
-def load_hub(cfg: HubData, load: Callable[..., Any] | None = None) -> dict[str, dict[str, list]]:
-    """{task: {split: records}} for corpus, classification, ner and qa.
+def load_hub(
+    cfg: HubData, load: Callable[..., Any] | None = None, tasks: Sequence[str] = ENCODER_TASKS
+) -> dict[str, dict[str, list]]:
+    """{part: {split: records}} for the corpus and `tasks`.
 
     `load` defaults to `datasets.load_dataset`; NER rows are read from `tokens`/`ner_tags`
     and QA rows from SQuAD's columns, whatever text_column/label_column say.
@@ -27,7 +34,7 @@ def load_hub(cfg: HubData, load: Callable[..., Any] | None = None) -> dict[str, 
     if load is None:
         from datasets import load_dataset as load
     out: dict[str, dict[str, list]] = {}
-    for task in ("corpus", "classification", "ner", "qa"):
+    for task in ("corpus", *tasks):
         spec: HubDataset = getattr(cfg, task)
         out[task] = {}
         for split in SPLITS:
@@ -54,7 +61,16 @@ def convert(task: str, rows: Any, spec: HubDataset, source: str) -> list:
         return classification_from_hub(rows, spec.text_column, spec.label_column, source)
     if task == "ner":
         return ner_from_hub(rows, source)
+    if task == "generation":
+        return generation_from_hub(rows, spec.text_column, source)
     return qa_from_hub(rows, source)
+
+
+def generation_from_hub(rows: Any, text_column: str, source: str) -> list[GenerationExample]:
+    """Non-empty texts as completions of an empty prompt (TinyStories-style datasets)."""
+    _require(rows, [text_column], source)
+    texts = (text.strip() for text in rows[text_column] if isinstance(text, str))
+    return [GenerationExample(prompt="", completion=text) for text in texts if text]
 
 
 def corpus_from_hub(rows: Any, text_column: str, source: str) -> list[str]:

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from itertools import chain
 from pathlib import Path
 
 from lmforge.artifacts import atomic_dir
-from lmforge.config import TASKS, DataConfig, LocalData
+from lmforge.config import ENCODER_TASKS, DataConfig, LocalData
 from lmforge.data.conll import read_conll
 from lmforge.data.corpus import corpus_batches, write_corpus
+from lmforge.data.generation import read_generation
 from lmforge.data.hub import hub_source, load_hub
 from lmforge.data.records import RECORD_TYPES, Example, to_json
 from lmforge.data.sample import sample_paths
@@ -25,7 +26,7 @@ from lmforge.errors import DataError
 from lmforge.tasks.script import join_tokens
 
 SPLITS = ("train", "validation")
-PARTS = ("corpus", *TASKS)
+LABELLED = ("classification", "ner")  # tasks with a label set
 # {"classification": {"train": [Example, ...], ...}, ...}
 DataSplits = dict[str, dict[str, list]]
 # {"train": documents, "validation": documents}: streamed, never held whole
@@ -33,14 +34,19 @@ CorpusSplits = dict[str, Iterable[str]]
 
 
 def prepare(
-    cfg: DataConfig, out_dir: str | Path, sample_dir: str | Path, chunk_bytes: int = CHUNK_BYTES
+    cfg: DataConfig,
+    out_dir: str | Path,
+    sample_dir: str | Path,
+    chunk_bytes: int = CHUNK_BYTES,
+    task_names: Sequence[str] = ENCODER_TASKS,
 ) -> dict:
-    """Read, validate and write every split of the corpus and the three tasks; return the summary.
+    """Read, validate and write every split of the corpus and of `task_names` (the tasks
+    params.yaml fine-tunes); return the summary.
 
     `sample_dir` holds the sample files (`stages.sample` writes them), read for source: sample.
     The corpus streams from its files to `corpus/<split>.parquet`, `chunk_bytes` at a time.
     """
-    corpus, tasks, origins = load_source(cfg, Path(sample_dir), chunk_bytes)
+    corpus, tasks, origins = load_source(cfg, Path(sample_dir), chunk_bytes, task_names)
     check(tasks, origins)
     unlabelled = cfg.source != "local" or cfg.local.corpus is not None
     # Without an unlabelled corpus the corpus already is the tasks' text.
@@ -65,7 +71,7 @@ def prepare(
                 },
             },
             "labels": {
-                task: labels(task, tasks[task]["train"]) for task in ("classification", "ner")
+                task: labels(task, tasks[task]["train"]) for task in LABELLED if task in tasks
             },
             "corpus_task_text_documents": len(task_docs),
         }
@@ -74,19 +80,23 @@ def prepare(
 
 
 def load_source(
-    cfg: DataConfig, sample_dir: Path, chunk_bytes: int = CHUNK_BYTES
+    cfg: DataConfig,
+    sample_dir: Path,
+    chunk_bytes: int = CHUNK_BYTES,
+    task_names: Sequence[str] = ENCODER_TASKS,
 ) -> tuple[CorpusSplits, DataSplits, dict]:
     """The corpus and task data of `cfg.source`, and where each split came from."""
     if cfg.source == "hf":
         origins = {
-            name: {s: hub_source(getattr(cfg.hf, name), s) for s in SPLITS} for name in PARTS
+            name: {s: hub_source(getattr(cfg.hf, name), s) for s in SPLITS}
+            for name in ("corpus", *task_names)
         }
-        data = load_hub(cfg.hf)
+        data = load_hub(cfg.hf, tasks=task_names)
         return data.pop("corpus"), data, origins
     local = sample_paths(sample_dir) if cfg.source == "sample" else cfg.local
-    parts = [name for name in PARTS if getattr(local, name) is not None]
+    parts = [name for name in ("corpus", *task_names) if getattr(local, name) is not None]
     origins = {name: {s: str(getattr(getattr(local, name), s)) for s in SPLITS} for name in parts}
-    tasks = read_local_tasks(local)
+    tasks = read_local_tasks(local, task_names)
     if local.corpus is None:
         # No unlabelled text: the corpus is the tasks' text (validation's for evaluation).
         origins["corpus"] = {s: f"the text of the tasks' {s} splits" for s in SPLITS}
@@ -95,16 +105,20 @@ def load_source(
     return corpus, tasks, origins
 
 
-def read_local_tasks(local: LocalData) -> DataSplits:
-    """Every split of the local task files, each through its format's reader."""
+def read_local_tasks(local: LocalData, task_names: Sequence[str] = ENCODER_TASKS) -> DataSplits:
+    """Every split of the local files of `task_names`, each through its format's reader."""
     table = local.classification
+    readers = {
+        "classification": lambda path: read_classification(
+            path, table.text_column, table.label_column
+        ),
+        "ner": read_conll,
+        "qa": read_squad,
+        "generation": read_generation,
+    }
     return {
-        "classification": {
-            s: read_classification(getattr(table, s), table.text_column, table.label_column)
-            for s in SPLITS
-        },
-        "ner": {s: read_conll(getattr(local.ner, s)) for s in SPLITS},
-        "qa": {s: read_squad(getattr(local.qa, s)) for s in SPLITS},
+        task: {s: readers[task](getattr(getattr(local, task), s)) for s in SPLITS}
+        for task in task_names
     }
 
 
@@ -114,7 +128,7 @@ def check(data: DataSplits, origins: dict) -> None:
         for split, rows in splits.items():
             if not rows:
                 raise DataError(origins[name][split], f"the {name} {split} split is empty")
-    for task in ("classification", "ner"):
+    for task in (t for t in LABELLED if t in data):
         known = set(labels(task, data[task]["train"]))
         unseen = [label for label in labels(task, data[task]["validation"]) if label not in known]
         if unseen:
@@ -135,16 +149,17 @@ def labels(task: str, examples: list[Example]) -> list[str]:
 
 def task_text(data: DataSplits, split: str) -> list[str]:
     """Text of the tasks' `split` as corpus documents: in-domain text for pretraining."""
-    texts = [e.text for e in data["classification"][split]]
-    texts += [join_tokens(e.tokens) for e in data["ner"][split]]
+    texts = [e.text for e in data.get("classification", {}).get(split, [])]
+    texts += [join_tokens(e.tokens) for e in data.get("ner", {}).get(split, [])]
     # Many questions share a context; one copy of each is enough.
-    texts += dict.fromkeys(e.context for e in data["qa"][split])
+    texts += dict.fromkeys(e.context for e in data.get("qa", {}).get(split, []))
+    texts += [e.prompt + e.completion for e in data.get("generation", {}).get(split, [])]
     return texts
 
 
 def _write_tasks(out_dir: Path, tasks: DataSplits, summary: dict) -> None:
     for split in SPLITS:
-        for task in TASKS:
+        for task in tasks:
             rows = (json.dumps(to_json(e), ensure_ascii=False) for e in tasks[task][split])
             _write_lines(out_dir / task / f"{split}.jsonl", rows)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -31,9 +31,20 @@ class QaExample:
     answer_starts: list[int] = field(default_factory=list)
 
 
-Example = ClassificationExample | NerExample | QaExample
+@dataclass(frozen=True)
+class GenerationExample:
+    prompt: str  # context only, never scored; "" for plain text
+    completion: str  # what the model learns to write after the prompt
 
-RECORD_TYPES = {"classification": ClassificationExample, "ner": NerExample, "qa": QaExample}
+
+Example = ClassificationExample | NerExample | QaExample | GenerationExample
+
+RECORD_TYPES = {
+    "classification": ClassificationExample,
+    "ner": NerExample,
+    "qa": QaExample,
+    "generation": GenerationExample,
+}
 
 
 def to_json(example: Example) -> dict:

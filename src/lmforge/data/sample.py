@@ -1,4 +1,5 @@
-"""Offline sample data, written in the raw formats of the real data (text, CSV/JSONL, CoNLL, SQuAD).
+"""Offline sample data, written in the raw formats of the real data (text, CSV/JSONL, CoNLL,
+SQuAD, prompt/completion JSONL).
 
 Deterministic: each task draws from its own `random.Random` seeded from `seed`, so the
 same seed gives byte-identical files and resizing one task leaves the others unchanged.
@@ -22,15 +23,16 @@ UNSEEN_NAME_FRACTION = 0.3
 
 
 def write_sample_data(out_dir: str | Path, cfg: SampleData, seed: int) -> LocalData:
-    """Write corpus, classification, NER and QA sample files; return their paths."""
+    """Write corpus, classification, NER, QA and generation sample files; return their paths."""
     out = Path(out_dir)
-    for task in ("corpus", "classification", "ner", "qa"):
+    for task in ("corpus", "classification", "ner", "qa", "generation"):
         (out / task).mkdir(parents=True, exist_ok=True)
     return LocalData(
         corpus=_write_corpus(out / "corpus", seed),
         classification=_write_classification(out / "classification", cfg, seed),
         ner=_write_ner(out / "ner", cfg, seed),
         qa=_write_qa(out / "qa", cfg, seed),
+        generation=_write_generation(out / "generation", cfg, seed),
     )
 
 
@@ -44,6 +46,9 @@ def sample_paths(out_dir: str | Path) -> LocalData:
         ),
         ner=SplitPaths(str(out / "ner/train.conll"), str(out / "ner/validation.conll")),
         qa=SplitPaths(str(out / "qa/train.json"), str(out / "qa/validation.json")),
+        generation=SplitPaths(
+            str(out / "generation/train.jsonl"), str(out / "generation/validation.jsonl")
+        ),
     )
 
 
@@ -91,7 +96,8 @@ def _is_underline(line: str) -> bool:
     return re.fullmatch(r"([*=\-^~+])\1+", line) is not None
 
 
-def _write_corpus(out: Path, seed: int) -> SplitPaths:
+def corpus_splits(seed: int) -> tuple[list[str], list[str]]:
+    """The prose paragraphs as (train, validation), the corpus's held-out share drawn by seed."""
     paragraphs = prose_paragraphs()
     rng = random.Random(f"{seed}:corpus")
     held_out = set(
@@ -99,6 +105,11 @@ def _write_corpus(out: Path, seed: int) -> SplitPaths:
     )
     train = [p for i, p in enumerate(paragraphs) if i not in held_out]
     validation = [p for i, p in enumerate(paragraphs) if i in held_out]
+    return train, validation
+
+
+def _write_corpus(out: Path, seed: int) -> SplitPaths:
+    train, validation = corpus_splits(seed)
     # Blank lines between paragraphs, as in WikiText.
     return SplitPaths(
         train=_write(out / "train.txt", "\n\n".join(train) + "\n"),
@@ -530,4 +541,46 @@ def _write_qa(out: Path, cfg: SampleData, seed: int) -> SplitPaths:
     for split, count in (("train", n_train), ("validation", n_val)):
         text = json.dumps(_squad(rng, count, split), ensure_ascii=False) + "\n"
         paths[split] = _write(out / f"{split}.json", text)
+    return SplitPaths(**paths)
+
+
+# --- generation: one prose sentence as the prompt, the next as its completion ---
+
+# A sentence ends at . : ? or ! followed by a space and a capital letter.
+_SENTENCE_END = re.compile(r"(?<=[.:?!])\s+(?=[A-Z])")
+PLAIN_TEXT_SHARE = 0.2  # examples with an empty prompt: the pair as plain text
+
+
+def sentence_pairs(paragraphs: list[str]) -> list[tuple[str, str]]:
+    """Every (sentence, next sentence) of every paragraph, in order."""
+    pairs = []
+    for paragraph in paragraphs:
+        sentences = _SENTENCE_END.split(paragraph)
+        pairs += zip(sentences, sentences[1:], strict=False)
+    return pairs
+
+
+def _write_generation(out: Path, cfg: SampleData, seed: int) -> SplitPaths:
+    """JSON lines of prompt -> completion from the corpus's own prose.
+
+    Validation pairs come from the corpus's held-out paragraphs, so neither pretraining
+    nor fine-tuning has read them.
+    """
+    n_train, n_val = split_sizes(
+        cfg.generation_examples, cfg.validation_fraction, "generation_examples"
+    )
+    rng = random.Random(f"{seed}:generation")
+    paths = {}
+    for split, paragraphs, count in zip(
+        ("train", "validation"), corpus_splits(seed), (n_train, n_val), strict=True
+    ):
+        pairs = sentence_pairs(paragraphs)
+        lines = []
+        for first, second in rng.sample(pairs, min(count, len(pairs))):
+            if rng.random() < PLAIN_TEXT_SHARE:
+                record = {"prompt": "", "completion": f"{first} {second}"}
+            else:
+                record = {"prompt": first, "completion": f" {second}"}
+            lines.append(json.dumps(record, ensure_ascii=False))
+        paths[split] = _write(out / f"{split}.jsonl", "\n".join(lines) + "\n")
     return SplitPaths(**paths)

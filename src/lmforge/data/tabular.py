@@ -28,7 +28,7 @@ def read_classification(
     if suffix not in FORMATS:
         raise DataError(path, f"unknown extension {suffix!r}; expected one of {', '.join(FORMATS)}")
     text = read_text(path)
-    rows = _jsonl_rows(path, text) if suffix == ".jsonl" else _table_rows(path, text, suffix)
+    rows = jsonl_rows(path, text) if suffix == ".jsonl" else _table_rows(path, text, suffix)
     examples = [_example(path, line, row, text_column, label_column) for line, row in rows]
     if not examples:
         raise DataError(path, "no rows below the header; expected at least one example")
@@ -57,7 +57,8 @@ def _table_rows(path: Path, text: str, suffix: str) -> Iterator[tuple[int, dict[
         raise DataError(path, f"malformed {suffix[1:].upper()}: {exc}", reader.line_num) from None
 
 
-def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each non-blank line of a JSON-lines text."""
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue

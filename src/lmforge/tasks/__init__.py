@@ -1,1 +1,1 @@
-"""Task registry: classification, NER and QA share one interface (see base.py)."""
+"""Task registry: classification, NER, QA and generation share one interface (see base.py)."""

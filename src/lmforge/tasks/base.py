@@ -47,6 +47,11 @@ class Task(ABC):
     ) -> Features:
         """Encode examples into model inputs, training targets and postprocessing meta."""
 
+    def reduce_outputs(self, outputs: dict, features: Features, rows: slice) -> dict | None:
+        """What to keep of the model outputs for `features`' `rows` (one prediction batch,
+        trimmed to its longest row), when less than all of them; None: keep them all."""
+        return None
+
     @abstractmethod
     def evaluate(
         self,
