@@ -1,0 +1,94 @@
+"""A stand-in for the gpt2 branch's outputs: `finetuned/generation/` (a tiny GPT2LMHeadModel
+and a byte-level BPE tokenizer, saved as the finetune stage saves them) and
+`prepared/generation/validation.jsonl`. Replace with the real pipeline's once it exists.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+EOT = "<|endoftext|>"
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "Once upon a time there was a small town by the sea, where fishermen sang at dawn.",
+    "Machine learning models learn patterns from data and make predictions.",
+    "The weather today is sunny with a light breeze from the west.",
+    "她在北京大学学习计算机科学，每天早上跑步。",
+    "今天天气很好，我们去公园散步吧。",
+    "Emoji travel well: 🚀 launches, 🌍 spins, 🎉 celebrates, 😀 smiles.",
+    "Mixed text: café, naïve, résumé, 東京, 서울, and 🍣 for dinner.",
+]
+VALIDATION = [
+    {"prompt": "The quick brown fox", "completion": " jumps over the lazy dog."},
+    {"prompt": "今天天气", "completion": "很好。"},
+    {"prompt": "", "completion": "Once upon a time there was a town 🚀."},
+    {"prompt": "Machine learning", "completion": " models learn patterns."},
+]
+
+
+def byte_level_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
+    """The interface's tokenizer: byte-level BPE, one special token `<|endoftext|>` (id 0)."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    assert tokenizer.token_to_id(EOT) == 0
+    return tokenizer
+
+
+def save_finetuned(model, tokenizer: Tokenizer, folder: Path) -> None:
+    """save_pretrained (safetensors) plus the PreTrainedTokenizerFast files."""
+    from transformers import PreTrainedTokenizerFast
+
+    model.save_pretrained(str(folder))
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=EOT,
+        eos_token=EOT,
+        unk_token=EOT,
+        pad_token=EOT,
+        model_max_length=model.config.n_positions,
+    )
+    fast.save_pretrained(str(folder))
+
+
+def gpt2(vocab_size: int, layers: int, width: int, heads: int, positions: int, seed: int = 0):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=positions,
+        n_embd=width,
+        n_layer=layers,
+        n_head=heads,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(config).eval()
+
+
+def write_prepared(folder: Path, examples: list[dict]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps(e, ensure_ascii=False) for e in examples]
+    (folder / "validation.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def build_workspace(root: Path) -> Path:
+    """root/finetuned/generation and root/prepared/generation, a tiny random 2 x 64 model."""
+    tokenizer = byte_level_tokenizer(TEXTS * 4, vocab_size=400)
+    model = gpt2(tokenizer.get_vocab_size(), layers=2, width=64, heads=2, positions=128)
+    save_finetuned(model, tokenizer, root / "finetuned" / "generation")
+    write_prepared(root / "prepared" / "generation", VALIDATION)
+    return root
