@@ -85,10 +85,31 @@ def write_prepared(folder: Path, examples: list[dict]) -> None:
     (folder / "validation.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def fit(model, tokenizer: Tokenizer, texts: list[str], steps: int, lr: float = 3e-3) -> None:
+    """A few full-batch steps of next-token training, each text between <|endoftext|>s, so
+    that greedy decoding continues the texts (Chinese and emoji split across tokens)."""
+    import torch
+
+    rows = [[0, *tokenizer.encode(t).ids, 0] for t in texts]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    labels = ids.masked_fill(mask == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+
+
 def build_workspace(root: Path) -> Path:
-    """root/finetuned/generation and root/prepared/generation, a tiny random 2 x 64 model."""
+    """root/finetuned/generation and root/prepared/generation: a 2 x 64 model fitted to TEXTS."""
     tokenizer = byte_level_tokenizer(TEXTS * 4, vocab_size=400)
     model = gpt2(tokenizer.get_vocab_size(), layers=2, width=64, heads=2, positions=128)
+    fit(model, tokenizer, TEXTS, steps=150)
     save_finetuned(model, tokenizer, root / "finetuned" / "generation")
     write_prepared(root / "prepared" / "generation", VALIDATION)
     return root
