@@ -388,7 +388,11 @@ class Runtime:
 
     async def _load_generation(self, folder: Path) -> None:
         if not (folder / "manifest.json").is_file():
-            self._failed(GENERATION, f"{folder} has no manifest.json: run the compress stage")
+            self._failed(
+                GENERATION,
+                f"{folder / 'manifest.json'} does not exist: run the compress stage (dvc repro) "
+                "or set LMFORGE_ARTIFACTS",
+            )
             return
         try:
             model = await asyncio.to_thread(

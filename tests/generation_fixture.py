@@ -113,3 +113,63 @@ def build_workspace(root: Path) -> Path:
     save_finetuned(model, tokenizer, root / "finetuned" / "generation")
     write_prepared(root / "prepared" / "generation", VALIDATION)
     return root
+
+
+def paragraphs(path: Path) -> list[str]:
+    """WikiText's paragraphs (headings dropped)."""
+    lines = path.read_text(encoding="utf-8").split("\n")
+    return [t.strip() for t in lines if len(t.split()) > 20 and not t.strip().startswith("=")]
+
+
+def fit_for(model, tokenizer: Tokenizer, texts: list[str], seconds: float, block: int) -> int:
+    """Next-token training on blocks of the texts for `seconds`; returns the steps taken."""
+    import time
+
+    import torch
+
+    ids = [i for t in texts for i in (0, *tokenizer.encode(t).ids)]
+    blocks = torch.tensor(ids[: len(ids) // block * block]).view(-1, block)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    steps, end = 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        batch = blocks[torch.randint(len(blocks), (16,), generator=generator)]
+        model(input_ids=batch, labels=batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        steps += 1
+    model.eval()
+    return steps
+
+
+def main() -> None:
+    """A bench-sized stand-in (e.g. 4 x 256) trained for a while on WikiText-2:
+    `python tests/generation_fixture.py --out DIR` writes DIR/finetuned/generation and
+    DIR/prepared/generation (validation: a paragraph's first words -> its next ones)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--wikitext", type=Path, default=Path("../shared/data/wikitext-2"))
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--vocab", type=int, default=4096)
+    args = parser.parse_args()
+    train = paragraphs(args.wikitext / "wiki.test.tokens")
+    held_out = paragraphs(args.wikitext / "wiki.valid.tokens")[:128]
+    tokenizer = byte_level_tokenizer(train, args.vocab)
+    model = gpt2(tokenizer.get_vocab_size(), args.layers, args.width, args.width // 64, 256)
+    steps = fit_for(model, tokenizer, train, args.seconds, block=128)
+    save_finetuned(model, tokenizer, args.out / "finetuned" / "generation")
+    examples = []
+    for text in held_out:
+        words = text.split()
+        examples.append({"prompt": " ".join(words[:8]), "completion": " " + " ".join(words[8:72])})
+    write_prepared(args.out / "prepared" / "generation", examples)
+    print(f"{steps} steps; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

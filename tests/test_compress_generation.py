@@ -95,6 +95,7 @@ def test_metrics_follow_the_contract(metrics):
     assert metrics["int8_ppl_ratio"] <= 1.02  # within max_perplexity_increase
     assert metrics["quantization"]["within_budget"] is True
     assert metrics["latency_setup"]["context_tokens"] == 64
+    assert metrics["graph"]["fused_operators"]["SkipLayerNormalization"] == 4  # 2 per layer
 
 
 def test_serving_folder_is_self_contained(folders):

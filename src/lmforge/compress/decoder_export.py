@@ -106,7 +106,8 @@ def torch_greedy(
     per step, the reference for `Decoder.greedy`."""
     ids, seen = [], []
     with torch.inference_mode():
-        out = model(input_ids=torch.tensor([prompt_ids]), use_cache=True)
+        prompt = torch.tensor([prompt_ids])
+        out = model(input_ids=prompt, attention_mask=torch.ones_like(prompt), use_cache=True)
         for _ in range(steps):
             last = out.logits[0, -1].float().numpy()
             seen.append(last)

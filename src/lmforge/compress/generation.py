@@ -1,6 +1,7 @@
 """The compress stage for the causal LM: fine-tuned folder in, serving folder out.
 
-export with the key/value cache (parity-checked over a multi-step greedy decode) -> int8
+export with the key/value cache -> LayerNorm/GELU fusion (parity-checked over a multi-step
+greedy decode) -> int8
 chosen by measured perplexity -> perplexity, per-token latency (batch 1, with the cache)
 and size of PyTorch fp32, ONNX fp32 and ONNX int8. As for the encoder tasks, no file
 written here depends on a timing.
@@ -28,6 +29,7 @@ from lmforge.compress.choose import Evaluation, choose_quantization
 from lmforge.compress.decoder_export import export_decoder, torch_greedy
 from lmforge.compress.export import check_parity
 from lmforge.compress.measure import latency, size_mb
+from lmforge.compress.optimize import optimize_graph
 from lmforge.compress.quantize import QuantOptions
 from lmforge.compress.runtime import ort_session, torch_threads
 from lmforge.config import CompressConfig
@@ -143,7 +145,9 @@ def compress_generation(
     threads = cfg.latency_threads or torch.get_num_threads()
     with atomic_dir(out_dir) as staging, tempfile.TemporaryDirectory() as tmp:
         files = {"torch": finetuned_dir / "model.safetensors", "onnx_fp32": staging / "model.onnx"}
-        shape = export_decoder(model, files["onnx_fp32"], cfg.opset)
+        exported = Path(tmp) / "model.export.onnx"
+        shape = export_decoder(model, exported, cfg.opset)
+        graph = fuse(exported, files["onnx_fp32"], model.config, cfg)
         val = Validation(tokenizer, read_examples(prepared_dir), shape)
         log.info("%s: %d validation sequences", TASK, sum(len(b[0]) for b in val.batches))
         parity = decode_parity(model, files["onnx_fp32"], shape, val.prompts, cfg, threads)
@@ -161,9 +165,19 @@ def compress_generation(
         "onnx_int8": results.pop("onnx_int8", None),  # None when cfg.quantize is false
         **results,
         "parity": parity,
+        "graph": graph,
         "quantization": quantization,
         "validation_examples": len(val.prompts),
     }
+
+
+def fuse(exported: Path, dst: Path, config, cfg: CompressConfig) -> dict:
+    """model.onnx: the exported graph with LayerNorm/GELU fusion (cfg.optimize_graph)."""
+    if not cfg.optimize_graph:
+        shutil.copyfile(exported, dst)
+        return {"profile": "none", "fused_operators": {}}
+    fused = optimize_graph(exported, dst, config.n_head, config.n_embd, "decoder", "gpt2")
+    return {"profile": "decoder", "fused_operators": fused}
 
 
 def decode_parity(
