@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -69,7 +70,7 @@ class GenerationModel:
 
     task = GENERATION
 
-    def __init__(self, folder: Path, manifest: dict, tokenizer: Tokenizer, session) -> None:
+    def __init__(self, manifest: dict, tokenizer: Tokenizer, session) -> None:
         self.manifest = manifest
         self.tokenizer = tokenizer
         self.shape = DecoderShape.from_manifest(manifest)
@@ -109,17 +110,17 @@ class GenerationModel:
             )
 
 
-def load_generation(folder: Path, session_factory: Callable[[Path], ort.InferenceSession]):
+def load_generation(
+    folder: Path, session_factory: Callable[[Path], ort.InferenceSession]
+) -> GenerationModel:
     """Open and check the serving folder; raises with the reason /readyz reports."""
-    import json
-
     manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     missing = [key for key in MANIFEST_KEYS if key not in manifest]
     if missing:
         raise ValueError(f"{folder / 'manifest.json'}: missing {', '.join(missing)}")
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     session = session_factory(folder / manifest["model_file"])
-    model = GenerationModel(folder, manifest, tokenizer, session)
+    model = GenerationModel(manifest, tokenizer, session)
     model.check()
     return model
 
