@@ -255,3 +255,32 @@ def test_logits_are_those_of_the_served_graph(serving):
     assert {sample_next(logits, 1.0, 1e-6, rng) for _ in range(20)} == {1}
     draws = [sample_next(logits, 1.0, 1.0, np.random.default_rng(5)) for _ in range(3)]
     assert len(set(draws)) == 1
+
+
+def test_shutdown_finishes_running_and_waiting_generations(serving):
+    """Drain: close() lets every admitted and queued request end, then refuses new ones."""
+    import asyncio
+
+    from serve.batcher import Unavailable
+    from serve.generator import DecodeLoop, Sampling, load_generation
+    from serve.metrics import Metrics
+
+    model = load_generation(serving / "generation", lambda p: ort.InferenceSession(str(p)))
+    sampling = Sampling(20, 0.0, 1.0, None, [])
+
+    async def run() -> list:
+        loop = DecodeLoop(model, max_streams=1, max_queue=4, metrics=Metrics())
+        jobs = [loop.submit(model.prompt_ids(p), sampling) for p in ("Once", "今天")]
+        await loop.close()  # the second waits for the first's place, and still runs
+        with pytest.raises(Unavailable, match="shutting down"):
+            loop.submit(model.prompt_ids("late"), sampling)
+        finals = []
+        for job in jobs:
+            while (event := job.events.get_nowait())[0] == "token":
+                pass
+            finals.append(event)
+        return finals
+
+    finals = asyncio.run(run())
+    assert [kind for kind, _ in finals] == ["done", "done"]
+    assert all(body["completion_tokens"] >= 1 for _, body in finals)
