@@ -147,13 +147,12 @@ class DecodeLoop:
         self._worker.start()
 
     def submit(self, prompt_ids: list[int], sampling: Sampling) -> Job:
-        seed = sampling.seed
         job = Job(
             prompt_ids,
             sampling,
             TextStream(self.model.table, sampling.stop),
             asyncio.Queue(),
-            np.random.default_rng(seed),
+            np.random.default_rng(sampling.seed),  # None: fresh entropy
         )
         with self._ready:
             if self._closing:
@@ -198,7 +197,8 @@ class DecodeLoop:
         events: list[tuple[Job, tuple]] = []
         caches = []
         for job in joining:
-            if job.cancelled:
+            if job.cancelled:  # its client left while it waited
+                self._metrics.cancelled.inc()
                 continue
             try:
                 ids = np.array([job.prompt_ids])
@@ -241,11 +241,23 @@ class DecodeLoop:
         self._deliver(events)
 
     def _advance(self, job: Job, logits: np.ndarray, events: list) -> bool:
-        """Sample the job's next token and queue its text; False when the job has ended."""
+        """Sample the job's next token and queue its text; False when the job has ended.
+
+        Whatever goes wrong here (NaN logits, say) ends this job with an error event and
+        never the decode thread, which every other request depends on.
+        """
         if job.cancelled:
             job.finish_reason = "cancelled"
             self._metrics.cancelled.inc()
             return False
+        try:
+            return self._next_token(job, logits, events)
+        except Exception as exc:
+            log.exception("sampling failed", extra={"task": GENERATION})
+            events.append((job, ("error", f"generation failed: {exc}")))
+            return False
+
+    def _next_token(self, job: Job, logits: np.ndarray, events: list) -> bool:
         s = job.sampling
         token = sample_next(logits, s.temperature, s.top_p, job.rng)
         job.generated += 1

@@ -284,3 +284,36 @@ def test_shutdown_finishes_running_and_waiting_generations(serving):
     finals = asyncio.run(run())
     assert [kind for kind, _ in finals] == ["done", "done"]
     assert all(body["completion_tokens"] >= 1 for _, body in finals)
+
+
+def test_a_failing_request_ends_alone(serving, monkeypatch):
+    """NaN logits for one request: it gets an error event, the decode thread lives on."""
+    import asyncio
+
+    import serve.generator as generator
+    from serve.generator import DecodeLoop, Sampling, load_generation
+    from serve.metrics import Metrics
+
+    model = load_generation(serving / "generation", lambda p: ort.InferenceSession(str(p)))
+    real = generator.sample_next
+
+    def flaky(logits, temperature, top_p, rng):
+        if temperature == 0.5:
+            raise ValueError("probabilities contain NaN")
+        return real(logits, temperature, top_p, rng)
+
+    monkeypatch.setattr(generator, "sample_next", flaky)
+
+    async def run() -> list:
+        loop = DecodeLoop(model, max_streams=4, max_queue=4, metrics=Metrics())
+        bad = loop.submit(model.prompt_ids("Once"), Sampling(10, 0.5, 1.0, 1, []))
+        good = loop.submit(model.prompt_ids("Once"), Sampling(10, 0.0, 1.0, None, []))
+        await loop.close()
+        kinds = []
+        for job in (bad, good):
+            while (event := job.events.get_nowait())[0] == "token":
+                pass
+            kinds.append(event[0])
+        return kinds
+
+    assert asyncio.run(run()) == ["error", "done"]
