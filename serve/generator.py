@@ -249,6 +249,7 @@ class DecodeLoop:
         if job.cancelled:
             job.finish_reason = "cancelled"
             self._metrics.cancelled.inc()
+            self._metrics.generated_tokens.inc(job.generated)
             return False
         try:
             return self._next_token(job, logits, events)

@@ -5,6 +5,7 @@ Routes check the request limits from Settings and hand the work to the Runtime.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import AsyncIterator
@@ -213,6 +214,7 @@ SSE_DOC = {
 )
 async def generate(
     body: Annotated[GenerateRequest, Body(openapi_examples=GENERATE_EXAMPLES)],
+    request: Request,
     settings: SettingsDep,
     runtime: RuntimeDep,
 ) -> GenerateResponse:
@@ -241,16 +243,26 @@ async def generate(
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+    watch = asyncio.create_task(_cancel_on_disconnect(request, job))
     try:
         pieces = []
         while (event := await job.events.get())[0] == "token":
             pieces.append(event[1])
     finally:
+        watch.cancel()
         job.cancel()  # a no-op once done; stops the decoding if this request was cancelled
     kind, value = event
     if kind == "error":
         raise RuntimeError(value)
     return GenerateResponse(**{**value, "text": "".join(pieces) + value["text"]})
+
+
+async def _cancel_on_disconnect(request: Request, job: Job) -> None:
+    """Stop the decoding when the client of a JSON request hangs up: the body has been read,
+    so the next ASGI message is the disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    job.cancel()
 
 
 async def _events(job: Job) -> AsyncIterator[str]:
