@@ -198,7 +198,7 @@ class DecodeLoop:
         caches = []
         for job in joining:
             if job.cancelled:  # its client left while it waited
-                self._metrics.cancelled.inc()
+                self._cancelled(job, events)
                 continue
             try:
                 ids = np.array([job.prompt_ids])
@@ -247,9 +247,7 @@ class DecodeLoop:
         never the decode thread, which every other request depends on.
         """
         if job.cancelled:
-            job.finish_reason = "cancelled"
-            self._metrics.cancelled.inc()
-            self._metrics.generated_tokens.inc(job.generated)
+            self._cancelled(job, events)
             return False
         try:
             return self._next_token(job, logits, events)
@@ -280,10 +278,19 @@ class DecodeLoop:
         events.append((job, ("done", self._summary(job))))
         return False
 
-    def _summary(self, job: Job) -> dict:
-        seconds = time.perf_counter() - job.enqueued
+    def _cancelled(self, job: Job, events: list) -> None:
+        """End a job whose client went away; its route still gets a final event, so that
+        nothing waits for this job forever."""
+        job.finish_reason = "cancelled"
+        self._metrics.cancelled.inc()
         self._metrics.generated_tokens.inc(job.generated)
-        self._metrics.tokens_per_second.observe(job.generated / max(seconds, 1e-9))
+        events.append((job, ("done", self._summary(job))))
+
+    def _summary(self, job: Job) -> dict:
+        if job.finish_reason != "cancelled":
+            seconds = time.perf_counter() - job.enqueued
+            self._metrics.generated_tokens.inc(job.generated)
+            self._metrics.tokens_per_second.observe(job.generated / max(seconds, 1e-9))
         return {
             "text": job.text.finish(),  # the last piece: text held back until the end
             "prompt_tokens": len(job.prompt_ids) - 1,

@@ -138,7 +138,8 @@ class GenerateResponse(BaseModel):
     prompt_tokens: int = Field(description="Tokens of the prompt.")
     completion_tokens: int = Field(description="Tokens generated, <|endoftext|> included.")
     finish_reason: str = Field(
-        description="stop (end of text or a stop string), length (max_new_tokens)."
+        description="stop (end of text or a stop string), length (max_new_tokens), cancelled "
+        "(the client went away: nobody reads it)."
     )
 
 

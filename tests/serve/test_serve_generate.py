@@ -317,3 +317,48 @@ def test_a_failing_request_ends_alone(serving, monkeypatch):
         return kinds
 
     assert asyncio.run(run()) == ["error", "done"]
+
+
+def test_json_request_whose_client_hangs_up_ends(serving, start_service):
+    """No stream: the disconnect cancels the decoding and the handler returns (no task left
+    waiting for a job that no longer runs)."""
+    import asyncio
+
+    body = json.dumps({"prompt": "Once", "max_new_tokens": 48, "temperature": 1.0}).encode()
+    with start_service(serving, tasks="generation", max_new_tokens=48) as c:
+        app = c.app
+        sent: list[dict] = []
+
+        async def call() -> None:
+            messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+            async def receive() -> dict:
+                if messages:
+                    return messages.pop()
+                return {"type": "http.disconnect"}  # the client is gone at once
+
+            async def send(message: dict) -> None:
+                sent.append(message)
+
+            scope = {
+                "type": "http",
+                "asgi": {"version": "3.0", "spec_version": "2.4"},
+                "http_version": "1.1",
+                "method": "POST",
+                "scheme": "http",
+                "path": "/v1/generate",
+                "raw_path": b"/v1/generate",
+                "query_string": b"",
+                "root_path": "",
+                "headers": [(b"content-type", b"application/json")],
+                "client": ("127.0.0.1", 1),
+                "server": ("127.0.0.1", 80),
+                "state": {},
+            }
+            await asyncio.wait_for(app(scope, receive, send), timeout=10)
+
+        c.portal.call(call)
+        metrics = c.get("/metrics").text
+        assert "lmforge_generation_cancelled_total 1.0" in metrics
+        finish = json.loads(next(m for m in sent if m["type"] == "http.response.body")["body"])
+        assert finish["finish_reason"] == "cancelled"
