@@ -192,7 +192,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT / "data/prepared")
     parser.add_argument("--metrics", type=Path, default=ROOT / "metrics/compress/generation.json")
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--requests", type=int, default=8, help="per client and level")
+    parser.add_argument("--requests", type=int, default=16, help="per client and level")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/generation.json")
     parser.add_argument("--serve-naive", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
