@@ -115,7 +115,8 @@ def describe(settings: Settings) -> str:
     """The /docs front page: what the service does, its limits, auth and error format."""
     auth = "required" if settings.api_key else "off (set LMFORGE_API_KEY to require it)"
     return f"""Text classification, named-entity recognition and extractive question answering,
-served by onnxruntime with dynamic micro-batching.
+served by onnxruntime with dynamic micro-batching; text generation (a GPT-2-style decoder
+with its key/value cache, concurrent requests decoded together), optionally streamed.
 
 **Limits** (environment variable in brackets)
 
@@ -126,8 +127,10 @@ served by onnxruntime with dynamic micro-batching.
 | request body | {settings.max_body_bytes} bytes (LMFORGE_MAX_BODY_BYTES) |
 | QA question | `max_question_tokens` tokens, listed by /v1/models |
 | queued items per task | {settings.max_queue_items} (LMFORGE_MAX_QUEUE_ITEMS), then 503 |
+| generation: max_new_tokens | {settings.max_new_tokens} (LMFORGE_MAX_NEW_TOKENS); prompt tokens + max_new_tokens + 1 within the model's positions |
+| generation: requests decoded together | {settings.max_streams} (LMFORGE_MAX_STREAMS); later ones wait (queued: LMFORGE_MAX_QUEUE_ITEMS) |
 
-Texts must be non-empty. Classification reads the first `max_seq_len` tokens of a text;
+Texts must be non-empty (a generation prompt may be empty). Classification reads the first `max_seq_len` tokens of a text;
 NER texts and QA contexts of any length are read in overlapping windows.
 
 **Auth**: `Authorization: Bearer <key>` on /v1 routes: {auth}.

@@ -28,6 +28,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 access_log = logging.getLogger("lmforge.access")
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+RATE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
 PROBES = {"/healthz", "/readyz", "/metrics"}  # polled constantly: logged at DEBUG only
 
 
@@ -66,6 +68,30 @@ class Metrics:
             registry=r,
         )
         self.model = Info("lmforge_model", "The model served for each task.", ["task"], registry=r)
+        # Text generation (/v1/generate).
+        self.generated_tokens = Counter(
+            "lmforge_generated_tokens", "Tokens generated (every request).", registry=r
+        )
+        self.ttft = Histogram(
+            "lmforge_time_to_first_token_seconds",
+            "From a generation request's arrival to its first token.",
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.tokens_per_second = Histogram(
+            "lmforge_generation_tokens_per_second",
+            "Generated tokens per second of each request, arrival to end.",
+            buckets=RATE_BUCKETS,
+            registry=r,
+        )
+        self.active_streams = Gauge(
+            "lmforge_generation_active", "Requests in the decode batch.", registry=r
+        )
+        self.cancelled = Counter(
+            "lmforge_generation_cancelled",
+            "Generations stopped because their client went away.",
+            registry=r,
+        )
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -5,20 +5,27 @@ Routes check the request limits from Settings and hand the work to the Runtime.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import json
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from serve.generator import Job, Sampling
 from serve.runtime import Runtime, Unavailable
 from serve.schemas import (
     CLASSIFY_EXAMPLES,
+    GENERATE_EXAMPLES,
     NER_EXAMPLES,
     QA_EXAMPLES,
     ClassifyResponse,
     ErrorResponse,
+    GenerateRequest,
+    GenerateResponse,
     Health,
     ModelInfo,
     NerResponse,
@@ -188,3 +195,86 @@ async def qa(
 
 def _located(texts: list[str]) -> dict[str, str]:
     return {f"texts[{i}]": text for i, text in enumerate(texts)}
+
+
+SSE_DOC = {
+    200: {
+        "description": "JSON, or with `stream: true` server-sent events: `event: token` "
+        '(`{"text": piece}`) per generated token, then `event: done` with the last piece '
+        "and the counts (or `event: error`). The pieces join to the full text.",
+        "content": {"text/event-stream": {}},
+    }
+}
+
+
+@v1.post(
+    "/generate",
+    summary="Continue a prompt; stream the tokens with stream: true",
+    responses=SSE_DOC,
+)
+async def generate(
+    body: Annotated[GenerateRequest, Body(openapi_examples=GENERATE_EXAMPLES)],
+    request: Request,
+    settings: SettingsDep,
+    runtime: RuntimeDep,
+) -> GenerateResponse:
+    model = runtime.generator()
+    check_limits(settings, "prompt", 1, {"prompt": body.prompt})
+    if body.max_new_tokens > settings.max_new_tokens:
+        raise ApiError(
+            422,
+            "max_new_tokens_too_large",
+            f"max_new_tokens is {body.max_new_tokens}; the limit is {settings.max_new_tokens} "
+            "(max_new_tokens)",
+        )
+    ids = model.prompt_ids(body.prompt)
+    if len(ids) + body.max_new_tokens > model.max_positions:
+        raise ApiError(
+            422,
+            "prompt_too_long",
+            f"prompt is {len(ids) - 1} tokens; with max_new_tokens {body.max_new_tokens} and "
+            f"the start token that is over the model's {model.max_positions} positions",
+        )
+    sampling = Sampling(body.max_new_tokens, body.temperature, body.top_p, body.seed, body.stop)
+    job = runtime.generate(ids, sampling)
+    if body.stream:
+        return StreamingResponse(
+            _events(job),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    watch = asyncio.create_task(_cancel_on_disconnect(request, job))
+    try:
+        pieces = []
+        while (event := await job.events.get())[0] == "token":
+            pieces.append(event[1])
+    finally:
+        watch.cancel()
+        job.cancel()  # a no-op once done; stops the decoding if this request was cancelled
+    kind, value = event
+    if kind == "error":
+        raise RuntimeError(value)
+    return GenerateResponse(**{**value, "text": "".join(pieces) + value["text"]})
+
+
+async def _cancel_on_disconnect(request: Request, job: Job) -> None:
+    """Stop the decoding when the client of a JSON request hangs up: the body has been read,
+    so the next ASGI message is the disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    job.cancel()
+
+
+async def _events(job: Job) -> AsyncIterator[str]:
+    """Server-sent events of one generation; leaving early (the client went away) ends it."""
+    try:
+        while True:
+            kind, value = await job.events.get()
+            data = {"text": value} if kind == "token" else value
+            if kind == "error":
+                data = {"message": value}
+            yield f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+            if kind != "token":
+                return
+    finally:
+        job.cancel()

@@ -22,6 +22,7 @@ from lmforge.tasks.base import MODEL_INPUTS, trim_padding
 from lmforge.tasks.registry import get_task
 from lmforge.tokenizer import load_tokenizer
 from serve.batcher import MicroBatcher, Unavailable
+from serve.generator import GENERATION, DecodeLoop, GenerationModel, Job, Sampling, load_generation
 from serve.metrics import Metrics
 from serve.settings import Settings
 
@@ -338,10 +339,11 @@ class Runtime:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.models: dict[str, TaskModel] = {}
+        self.models: dict[str, TaskModel | GenerationModel] = {}
         self.failures: dict[str, str] = {}  # task -> reason it is not served
         self.draining = False
         self._batchers: dict[str, MicroBatcher] = {}
+        self._decoder: DecodeLoop | None = None
         for task in settings.task_names:
             metrics.model_ready.labels(task).set(0)
 
@@ -363,13 +365,15 @@ class Runtime:
         """Load and check each task's model in a thread; failures are logged, not raised."""
         for task in self.settings.task_names:
             folder = self.settings.artifacts / task
+            if task == GENERATION:
+                await self._load_generation(folder)
+                continue
             try:
                 model = await asyncio.to_thread(load_model, task, folder, self.settings)
             # Not only ModelError: whatever a broken folder raises, the other tasks still load.
             except Exception as exc:
                 reason = str(exc) if isinstance(exc, ModelError) else f"{type(exc).__name__}: {exc}"
-                self.failures[task] = reason
-                log.error("model not loaded", extra={"task": task, "reason": reason})
+                self._failed(task, reason)
                 continue
             self._batchers[task] = MicroBatcher(
                 task,
@@ -380,15 +384,56 @@ class Runtime:
                 metrics=self.metrics,
                 check=model.validate,
             )
-            self.models[task] = model
-            info = model.info()
-            self.metrics.model.labels(task).info(
-                {k: str(info[k]) for k in ("version", "quantized", "model_file")}
-            )
-            self.metrics.model_ready.labels(task).set(1)
-            log.info("model ready", extra=info)
+            self._ready_model(task, model)
 
-    async def predict(self, task: str, items: list) -> list[dict]:
+    async def _load_generation(self, folder: Path) -> None:
+        if not (folder / "manifest.json").is_file():
+            self._failed(
+                GENERATION,
+                f"{folder / 'manifest.json'} does not exist: run the compress stage (dvc repro) "
+                "or set LMFORGE_ARTIFACTS",
+            )
+            return
+        try:
+            model = await asyncio.to_thread(
+                load_generation, folder, lambda path: open_session(path, self.settings)
+            )
+        except Exception as exc:
+            self._failed(GENERATION, f"{folder}: {type(exc).__name__}: {exc}")
+            return
+        self._decoder = DecodeLoop(
+            model,
+            max_streams=self.settings.max_streams,
+            max_queue=self.settings.max_queue_items,
+            metrics=self.metrics,
+        )
+        self._ready_model(GENERATION, model)
+
+    def _failed(self, task: str, reason: str) -> None:
+        self.failures[task] = reason
+        log.error("model not loaded", extra={"task": task, "reason": reason})
+
+    def _ready_model(self, task: str, model: TaskModel | GenerationModel) -> None:
+        self.models[task] = model
+        info = model.info()
+        self.metrics.model.labels(task).info(
+            {k: str(info[k]) for k in ("version", "quantized", "model_file")}
+        )
+        self.metrics.model_ready.labels(task).set(1)
+        log.info("model ready", extra=info)
+
+    def generator(self) -> GenerationModel:
+        """The causal LM, or the reason it cannot take a request (404/503)."""
+        model = self._model(GENERATION)
+        assert isinstance(model, GenerationModel)
+        return model
+
+    def generate(self, prompt_ids: list[int], sampling: Sampling) -> Job:
+        self.generator()  # served and loaded
+        assert self._decoder is not None
+        return self._decoder.submit(prompt_ids, sampling)
+
+    def _model(self, task: str) -> TaskModel | GenerationModel:
         if task not in self.settings.task_names:
             raise NotServed(f"this service does not serve {task} (LMFORGE_TASKS)")
         model = self.models.get(task)
@@ -398,9 +443,15 @@ class Runtime:
                     "model_unavailable", f"the {task} model failed to load: {self.failures[task]}"
                 )
             raise Unavailable("model_loading", f"the {task} model is still loading")
+        return model
+
+    async def predict(self, task: str, items: list) -> list[dict]:
+        self._model(task)
         return await self._batchers[task].submit(items)
 
     async def close(self) -> None:
         self.draining = True
         for batcher in self._batchers.values():
             await batcher.close()
+        if self._decoder is not None:
+            await self._decoder.close()

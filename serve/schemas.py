@@ -87,6 +87,62 @@ def _example(value: dict) -> ConfigDict:
     return ConfigDict(json_schema_extra={"examples": [value]})
 
 
+def _unicode(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+class GenerateRequest(_Request):
+    """A prompt to continue. Types are strict: `"max_new_tokens": "5"` is an error."""
+
+    prompt: Annotated[str, AfterValidator(_unicode)] = Field(
+        description="Text to continue; may be empty (the model starts a new document)."
+    )
+    max_new_tokens: int = Field(
+        64, ge=1, strict=True, description="At most this many tokens (limit: /docs)."
+    )
+    temperature: float = Field(
+        1.0, ge=0, le=100, strict=True, description="0 = greedy (always the likeliest token)."
+    )
+    top_p: float = Field(
+        1.0, gt=0, le=1, strict=True, description="Nucleus: sample from the likeliest tokens "
+        "whose probabilities add up to top_p.",
+    )  # fmt: skip
+    seed: int | None = Field(
+        None, ge=0, lt=2**63, strict=True, description="The same seed gives the same text."
+    )
+    stop: list[Annotated[str, Field(min_length=1), AfterValidator(_unicode)]] = Field(
+        default_factory=list,
+        max_length=8,
+        description="The text ends before the first of these strings (not included).",
+    )
+    stream: bool = Field(
+        False, strict=True, description="Server-sent events, one per token, then a final one."
+    )
+
+
+class GenerateResponse(BaseModel):
+    model_config = _example(
+        {
+            "text": " jumps over the lazy dog.",
+            "prompt_tokens": 4,
+            "completion_tokens": 7,
+            "finish_reason": "stop",
+        }
+    )
+
+    text: str
+    prompt_tokens: int = Field(description="Tokens of the prompt.")
+    completion_tokens: int = Field(description="Tokens generated, <|endoftext|> included.")
+    finish_reason: str = Field(
+        description="stop (end of text or a stop string), length (max_new_tokens), cancelled "
+        "(the client went away: nobody reads it)."
+    )
+
+
 class ClassifyResponse(BaseModel):
     model_config = _example({"results": [{"label": "positive", "score": 0.93}]})
 
@@ -174,6 +230,24 @@ class ErrorResponse(BaseModel):
     error: Error
 
 
+GENERATE_EXAMPLES = {
+    "greedy": {
+        "summary": "Greedy",
+        "value": {"prompt": "The quick brown fox", "max_new_tokens": 16, "temperature": 0},
+    },
+    "sampled": {
+        "summary": "Sampled, seeded, with a stop string, streamed",
+        "value": {
+            "prompt": "Once upon a time",
+            "max_new_tokens": 64,
+            "temperature": 0.8,
+            "top_p": 0.95,
+            "seed": 7,
+            "stop": ["\n\n"],
+            "stream": True,
+        },
+    },
+}
 CLASSIFY_EXAMPLES = {
     "one": {"summary": "One text", "value": {"texts": ["The battery lasts all day."]}},
     "several": {

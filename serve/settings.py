@@ -12,6 +12,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lmforge.tasks.registry import TASKS
 
+# TODO(merge): once the registry lists generation, SERVABLE is just TASKS.
+SERVABLE = tuple(dict.fromkeys([*TASKS, "generation"]))
+# The encoder tasks: the default run builds their folders; the causal LM comes from the
+# gpt2 branch, so it is served when LMFORGE_TASKS names it.
+DEFAULT_TASKS = ",".join(t for t in SERVABLE if t != "generation")
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LMFORGE_", frozen=True)
@@ -19,7 +25,7 @@ class Settings(BaseSettings):
     artifacts: Path = Field(Path("artifacts/serving"), description="Folder of <task>/ dirs.")
     api_key: SecretStr | None = Field(None, description="When set, /v1 needs Bearer auth.")
     # A comma-separated string rather than a list: env values stay plain (no JSON).
-    tasks: str = Field(",".join(TASKS), description="Tasks to load, comma-separated.")
+    tasks: str = Field(DEFAULT_TASKS, description="Tasks to load, comma-separated.")
 
     max_items: int = Field(32, ge=1, description="Texts or QA items per request.")
     max_text_chars: int = Field(10_000, ge=1, description="Characters per text/question/context.")
@@ -36,6 +42,11 @@ class Settings(BaseSettings):
         "rows sorted by length (0: one call per batch).",
     )
     max_queue_items: int = Field(1024, ge=1, description="Items waiting per task before 503.")
+    max_new_tokens: int = Field(512, ge=1, description="Largest max_new_tokens of a generation.")
+    max_streams: int = Field(
+        16, ge=1, description="Generations decoded together, one token each per step; "
+        "later ones wait for a place.",
+    )  # fmt: skip
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0: auto).")
     inter_op_threads: int = Field(0, ge=0, description="onnxruntime inter-op threads (0: auto).")
 
@@ -59,9 +70,9 @@ class Settings(BaseSettings):
     @classmethod
     def _known_tasks(cls, value: str) -> str:
         names = [name.strip() for name in value.split(",") if name.strip()]
-        unknown = sorted(set(names) - set(TASKS))
+        unknown = sorted(set(names) - set(SERVABLE))
         if not names or unknown:
-            raise ValueError(f"expected a comma-separated subset of {', '.join(TASKS)}")
+            raise ValueError(f"expected a comma-separated subset of {', '.join(SERVABLE)}")
         return ",".join(dict.fromkeys(names))
 
     @model_validator(mode="after")

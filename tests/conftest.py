@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -85,3 +86,23 @@ def _no_leaked_process_group_env():
     yield
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         os.environ.pop(key, None)
+
+
+@pytest.fixture(scope="session")
+def generation_workspace(tmp_path_factory) -> Path:
+    """finetuned/generation, prepared/generation and serving/generation (compressed)."""
+    from generation_fixture import build_workspace
+    from lmforge.compress import compress_task
+    from lmforge.config import CompressConfig
+
+    root = build_workspace(tmp_path_factory.mktemp("generation"))
+    cfg = CompressConfig(latency_runs=5, quant_search=False)
+    metrics = compress_task(
+        "generation",
+        root / "finetuned" / "generation",
+        root / "prepared",
+        root / "serving" / "generation",
+        cfg,
+    )
+    (root / "metrics.json").write_text(json.dumps(metrics))
+    return root

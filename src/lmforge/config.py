@@ -204,6 +204,8 @@ class CompressConfig:
     # Largest drop of the task metric (a fraction) the int8 model may have against fp32;
     # beyond it, the nodes whose quantization hurts most stay in fp32.
     max_metric_drop: float = 0.01
+    # The causal LM's budget (generation): int8 perplexity at most this fraction above fp32's.
+    max_perplexity_increase: float = 0.02
 
 
 @dataclass

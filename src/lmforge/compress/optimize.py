@@ -24,13 +24,23 @@ PROFILES: dict[str, dict[str, bool]] = {
         "enable_bias_skip_layer_norm": False,
         "enable_embed_layer_norm": False,
     },
+    # The causal LM (model_type gpt2): LayerNorm, SkipLayerNorm and FastGelu fusion. Its
+    # attention stays MatMul/Softmax: onnxruntime's GPT-2 Attention fusion expects the
+    # past as one stacked tensor per layer, not the key/value pair the export keeps.
+    "decoder": {"enable_attention": False},
 }
 
 
 def optimize_graph(
-    src: Path, dst: Path, num_heads: int, hidden_size: int, profile: str = "full"
+    src: Path,
+    dst: Path,
+    num_heads: int,
+    hidden_size: int,
+    profile: str = "full",
+    model_type: str = "bert",
 ) -> dict[str, int]:
-    """Fuse the BERT graph `src` into `dst`; return the count of each fused operator.
+    """Fuse the graph `src` (a BERT, or a GPT-2 with model_type "gpt2") into `dst`; return
+    the count of each fused operator.
 
     num_heads and hidden_size must be given: the optimizer cannot always infer them from
     the exported graph, and attention then silently stays unfused.
@@ -38,13 +48,13 @@ def optimize_graph(
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    options = FusionOptions("bert")
+    options = FusionOptions(model_type)
     for name, value in PROFILES[profile].items():
         setattr(options, name, value)
     with quiet_logging():
         model = optimize_model(
             str(src),
-            model_type="bert",
+            model_type=model_type,
             num_heads=num_heads,
             hidden_size=hidden_size,
             optimization_options=options,

@@ -23,6 +23,8 @@ import lmforge
 from lmforge.artifacts import atomic_dir, read_json, sha256_file, write_json
 from lmforge.compress.choose import Evaluation, choose_quantization
 from lmforge.compress.export import check_parity, export_onnx, max_abs_diff, sequence_outputs
+from lmforge.compress.generation import TASK as CAUSAL_TASK
+from lmforge.compress.generation import compress_generation
 from lmforge.compress.measure import latency, size_mb, timing_inputs
 from lmforge.compress.optimize import optimize_graph
 from lmforge.compress.quantize import QuantOptions
@@ -98,6 +100,8 @@ def compress_task(
     task_name: str, finetuned_dir: Path, prepared_dir: Path, out_dir: Path, cfg: CompressConfig
 ) -> dict:
     """Build `out_dir` (atomically) for one task and return its compress metrics."""
+    if task_name == CAUSAL_TASK:  # a decoder: exported with its cache, scored by perplexity
+        return compress_generation(finetuned_dir, prepared_dir, out_dir, cfg)
     finetuned_dir = Path(finetuned_dir)
     val, model, pad = load_validation(get_task(task_name), finetuned_dir, prepared_dir)
     timing = Timing(
