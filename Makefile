@@ -30,8 +30,10 @@ lint: install
 test: lint
 	$(PYTHON) -m pytest
 
+# Serves the tasks params.yaml fine-tunes (the last run's) unless LMFORGE_TASKS says otherwise.
 serve: install
-	uvicorn serve.app:app --host 0.0.0.0 --port 8000
+	LMFORGE_TASKS=$${LMFORGE_TASKS:-$$($(PYTHON) -c 'from lmforge.config import load_params; print(",".join(load_params().finetune.tasks))')} \
+		uvicorn serve.app:app --host 0.0.0.0 --port 8000
 
 bench: install
 	$(PYTHON) bench/train_throughput.py

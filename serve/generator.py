@@ -26,6 +26,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from lmforge.decoder import Cache, Decoder, DecoderShape, sample_next
+from lmforge.tasks.generation import context_ids
 from serve.batcher import Unavailable
 from serve.metrics import Metrics
 from serve.textstream import TextStream, token_bytes
@@ -33,7 +34,7 @@ from serve.textstream import TextStream, token_bytes
 log = logging.getLogger("lmforge.serve")
 
 GENERATION = "generation"
-MANIFEST_KEYS = [*DecoderShape.__dataclass_fields__, "bos_token_id", "model_file"]
+MANIFEST_KEYS = [*DecoderShape.__dataclass_fields__, "model_file"]
 
 
 @dataclass
@@ -49,7 +50,8 @@ class Sampling:
 class Job:
     """One generation request, shared by its route (event loop) and the decode thread."""
 
-    prompt_ids: list[int]  # with the leading <|endoftext|>
+    prompt_ids: list[int]  # the context, as lmforge.tasks.generation builds it
+    prompt_tokens: int  # of the prompt itself (an empty prompt's context is <|endoftext|>)
     sampling: Sampling
     text: TextStream
     events: asyncio.Queue  # ("token", str) ..., then ("done", dict) or ("error", str)
@@ -75,7 +77,6 @@ class GenerationModel:
         self.tokenizer = tokenizer
         self.shape = DecoderShape.from_manifest(manifest)
         self.decoder = Decoder(session, self.shape)
-        self.bos_id = int(manifest["bos_token_id"])
         self.table = token_bytes(tokenizer)
 
     @property
@@ -95,7 +96,8 @@ class GenerationModel:
         }
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        return [self.bos_id, *self.tokenizer.encode(prompt, add_special_tokens=False).ids]
+        """The context a completion follows, built as fine-tuning and compress built it."""
+        return context_ids(self.tokenizer, prompt)
 
     def check(self) -> None:
         """A prompt pass and two cached steps; the logits must cover the vocabulary."""
@@ -146,9 +148,12 @@ class DecodeLoop:
         self._worker = threading.Thread(target=self._run, name="decode-generation", daemon=True)
         self._worker.start()
 
-    def submit(self, prompt_ids: list[int], sampling: Sampling) -> Job:
+    def submit(
+        self, prompt_ids: list[int], sampling: Sampling, prompt_tokens: int | None = None
+    ) -> Job:
         job = Job(
             prompt_ids,
+            len(prompt_ids) if prompt_tokens is None else prompt_tokens,
             sampling,
             TextStream(self.model.table, sampling.stop),
             asyncio.Queue(),
@@ -293,7 +298,7 @@ class DecodeLoop:
             self._metrics.tokens_per_second.observe(job.generated / max(seconds, 1e-9))
         return {
             "text": job.text.finish(),  # the last piece: text held back until the end
-            "prompt_tokens": len(job.prompt_ids) - 1,
+            "prompt_tokens": job.prompt_tokens,
             "completion_tokens": job.generated,
             "finish_reason": job.finish_reason,
         }

@@ -228,15 +228,16 @@ async def generate(
             "(max_new_tokens)",
         )
     ids = model.prompt_ids(body.prompt)
+    prompt_tokens = len(ids) if body.prompt else 0
     if len(ids) + body.max_new_tokens > model.max_positions:
         raise ApiError(
             422,
             "prompt_too_long",
-            f"prompt is {len(ids) - 1} tokens; with max_new_tokens {body.max_new_tokens} and "
-            f"the start token that is over the model's {model.max_positions} positions",
+            f"prompt is {prompt_tokens} tokens; with max_new_tokens {body.max_new_tokens} that "
+            f"is over the model's {model.max_positions} positions",
         )
     sampling = Sampling(body.max_new_tokens, body.temperature, body.top_p, body.seed, body.stop)
-    job = runtime.generate(ids, sampling)
+    job = runtime.generate(ids, sampling, prompt_tokens)
     if body.stream:
         return StreamingResponse(
             _events(job),

@@ -428,10 +428,10 @@ class Runtime:
         assert isinstance(model, GenerationModel)
         return model
 
-    def generate(self, prompt_ids: list[int], sampling: Sampling) -> Job:
+    def generate(self, prompt_ids: list[int], sampling: Sampling, prompt_tokens: int) -> Job:
         self.generator()  # served and loaded
         assert self._decoder is not None
-        return self._decoder.submit(prompt_ids, sampling)
+        return self._decoder.submit(prompt_ids, sampling, prompt_tokens)
 
     def _model(self, task: str) -> TaskModel | GenerationModel:
         if task not in self.settings.task_names:

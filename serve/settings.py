@@ -10,13 +10,12 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lmforge.tasks.registry import TASKS
+from lmforge.config import ENCODER_TASKS, TASKS
 
-# TODO(merge): once the registry lists generation, SERVABLE is just TASKS.
-SERVABLE = tuple(dict.fromkeys([*TASKS, "generation"]))
 # The encoder tasks: the default run builds their folders; the causal LM comes from the
-# gpt2 branch, so it is served when LMFORGE_TASKS names it.
-DEFAULT_TASKS = ",".join(t for t in SERVABLE if t != "generation")
+# gpt2 branch, so it is served when LMFORGE_TASKS names it (`make serve` sets it to the
+# tasks params.yaml fine-tunes).
+DEFAULT_TASKS = ",".join(ENCODER_TASKS)
 
 
 class Settings(BaseSettings):
@@ -70,9 +69,9 @@ class Settings(BaseSettings):
     @classmethod
     def _known_tasks(cls, value: str) -> str:
         names = [name.strip() for name in value.split(",") if name.strip()]
-        unknown = sorted(set(names) - set(SERVABLE))
+        unknown = sorted(set(names) - set(TASKS))
         if not names or unknown:
-            raise ValueError(f"expected a comma-separated subset of {', '.join(SERVABLE)}")
+            raise ValueError(f"expected a comma-separated subset of {', '.join(TASKS)}")
         return ",".join(dict.fromkeys(names))
 
     @model_validator(mode="after")

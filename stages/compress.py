@@ -4,14 +4,14 @@ import argparse
 from pathlib import Path
 
 from lmforge.artifacts import write_json
-from lmforge.compress import COMPRESS_TASKS, compress_task
-from lmforge.config import load_params
+from lmforge.compress import compress_task
+from lmforge.config import TASKS, load_params
 from lmforge.stage import log, run_stage
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("task", choices=COMPRESS_TASKS)
+    parser.add_argument("task", choices=TASKS)
     parser.add_argument(
         "--finetuned", type=Path, default=None, help="default artifacts/finetuned/<task>"
     )

@@ -1,5 +1,5 @@
-"""Stage prepare: read the configured data source (the corpus and the tasks `finetune`
-lists), validate it, write data/prepared."""
+"""Stage prepare: read the configured data source (the corpus and the tasks of model.arch
+it holds), validate it, write data/prepared."""
 
 import argparse
 from pathlib import Path
@@ -15,7 +15,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("data/prepared"))
     args = parser.parse_args()
     params = load_params()
-    summary = prepare(params.data, args.out, args.sample, task_names=params.finetune.tasks)
+    summary = prepare(params.data, args.out, args.sample, task_names=params.prepared_tasks)
     log.info("prepared %s", summary)
 
 

@@ -59,6 +59,10 @@ def save_finetuned(model, tokenizer: Tokenizer, folder: Path) -> None:
         model_max_length=model.config.n_positions,
     )
     fast.save_pretrained(str(folder))
+    # What the finetune stage writes beside the model (compress reads max_seq_len).
+    task = {"task": "generation", "labels": [], "init": "pretrained"}
+    task["max_seq_len"] = model.config.n_positions
+    (folder / "task.json").write_text(json.dumps(task), encoding="utf-8")
 
 
 def gpt2(vocab_size: int, layers: int, width: int, heads: int, positions: int, seed: int = 0):
@@ -86,11 +90,12 @@ def write_prepared(folder: Path, examples: list[dict]) -> None:
 
 
 def fit(model, tokenizer: Tokenizer, texts: list[str], steps: int, lr: float = 3e-3) -> None:
-    """A few full-batch steps of next-token training, each text between <|endoftext|>s, so
-    that greedy decoding continues the texts (Chinese and emoji split across tokens)."""
+    """A few full-batch steps of next-token training, each text followed by <|endoftext|>
+    (as fine-tuning lays out a completion), so that greedy decoding continues the texts
+    (Chinese and emoji split across tokens)."""
     import torch
 
-    rows = [[0, *tokenizer.encode(t).ids, 0] for t in texts]
+    rows = [[*tokenizer.encode(t).ids, 0] for t in texts]
     width = max(len(r) for r in rows)
     ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
     mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])

@@ -17,6 +17,7 @@ from tokenizers import Tokenizer
 
 from lmforge.compress.decoder_export import torch_greedy
 from lmforge.decoder import Cache, Decoder, DecoderShape
+from lmforge.tasks.generation import context_ids
 
 PROMPTS = ["The quick brown fox", "今天天气", "Emoji travel well: 🚀"]
 
@@ -40,7 +41,7 @@ def decoder_of(serving, name: str) -> Decoder:
 
 
 def prompt_ids(serving, text: str) -> list[int]:
-    return [0, *Tokenizer.from_file(str(serving / "tokenizer.json")).encode(text).ids]
+    return context_ids(Tokenizer.from_file(str(serving / "tokenizer.json")), text)
 
 
 def test_cached_decode_matches_pytorch(folders):
@@ -105,7 +106,7 @@ def test_serving_folder_is_self_contained(folders):
     manifest = json.loads((serving / "manifest.json").read_text())
     assert manifest["task"] == "generation" and manifest["model_file"] == "model.int8.onnx"
     assert (manifest["n_layer"], manifest["n_head"], manifest["head_dim"]) == (2, 2, 32)
-    assert manifest["eos_token_id"] == manifest["bos_token_id"] == 0
+    assert manifest["eos_token_id"] == 0
     assert manifest["max_positions"] == 128
     session = ort.InferenceSession(str(serving / "model.int8.onnx"))
     assert [i.name for i in session.get_inputs()] == DecoderShape.from_manifest(

@@ -218,6 +218,17 @@ class Params:
     finetune: FinetuneConfig
     compress: CompressConfig = field(default_factory=CompressConfig)
 
+    @property
+    def prepared_tasks(self) -> list[str]:
+        """What prepare reads: model.arch's tasks that the data source holds. A superset of
+        the finetune keys (validate_tasks), taken from data and model.arch only, so that
+        editing a fine-tune's params never re-runs prepare."""
+        allowed = ARCH_TASKS[self.model.arch]
+        if self.data.source == "sample":
+            return list(allowed)
+        group = self.data.local if self.data.source == "local" else self.data.hf
+        return [task for task in allowed if getattr(group, task) is not None]
+
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml; raise ConfigError naming the bad key."""

@@ -17,6 +17,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from lmforge.decoder import Decoder, DecoderShape
+from lmforge.tasks.generation import context_ids
 
 LIMITS = {"max_new_tokens": 48, "max_text_chars": 200}
 
@@ -42,7 +43,7 @@ def reference(serving):
     decoder = Decoder(session, DecoderShape.from_manifest(manifest))
 
     def greedy(prompt: str, steps: int) -> tuple[list[int], str]:
-        ids = [manifest["bos_token_id"], *tokenizer.encode(prompt).ids]
+        ids = context_ids(tokenizer, prompt)
         new, _ = decoder.greedy(ids, steps)
         if manifest["eos_token_id"] in new:
             new = new[: new.index(manifest["eos_token_id"]) + 1]

@@ -33,8 +33,11 @@ from lmforge.compress.optimize import optimize_graph
 from lmforge.compress.quantize import QuantOptions
 from lmforge.compress.runtime import ort_session, torch_threads
 from lmforge.config import CompressConfig
+from lmforge.data.prepare import read_prepared
 from lmforge.decoder import Cache, Decoder, DecoderShape
 from lmforge.errors import LmforgeError
+from lmforge.tasks.base import IGNORE_INDEX
+from lmforge.tasks.generation import completion_nll, encode_examples
 
 log = logging.getLogger("lmforge.compress")
 
@@ -46,71 +49,33 @@ PARITY_STEPS = 16
 LATENCY_CONTEXT = 64  # cached tokens before the timed step
 
 
-# --- perplexity: TODO(merge): use lmforge.tasks.generation's numpy functions ------------
-
-
-def read_examples(prepared_dir: Path) -> list[dict]:
-    """The {"prompt", "completion"} records of the validation split."""
-    path = Path(prepared_dir) / TASK / "validation.jsonl"
-    if not path.is_file():
-        raise LmforgeError(f"{path} not found; run the prepare stage first")
-    lines = path.read_text(encoding="utf-8").split("\n")
-    return [json.loads(line) for line in lines if line.strip()]
-
-
-def example_ids(
-    tokenizer: Tokenizer, example: dict, eos_id: int, max_len: int
-) -> tuple[list[int], int]:
-    """`<|endoftext|>` prompt completion `<|endoftext|>` as ids (cut to `max_len`), and how
-    many of them lead up to the completion: those are not scored."""
-    prompt = tokenizer.encode(example["prompt"], add_special_tokens=False).ids
-    completion = tokenizer.encode(example["completion"], add_special_tokens=False).ids
-    ids = [eos_id, *prompt, *completion, eos_id]
-    return ids[:max_len], 1 + len(prompt)
-
-
-def token_nll(logits: np.ndarray, ids: np.ndarray, scored: np.ndarray) -> np.ndarray:
-    """Negative log-likelihood of each scored next token: logits [rows, seq, vocab] read at
-    position t predict ids[:, t + 1]; `scored` [rows, seq] marks the targets that count."""
-    z = logits[:, :-1].astype(np.float64)
-    z -= z.max(axis=-1, keepdims=True)
-    log_probs = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-    picked = np.take_along_axis(log_probs, ids[:, 1:, None], axis=-1)[..., 0]
-    return -picked[scored[:, 1:]]
-
-
 # --- the validation set -----------------------------------------------------------------
 
 
 class Validation:
-    """The validation sequences, right-padded in batches, scored by any logits function."""
+    """The validation examples encoded as fine-tuning encodes them (lmforge.tasks.generation:
+    context, completion, `<|endoftext|>`; only the completion and that end scored), in
+    right-padded batches, scored by any logits function."""
 
-    def __init__(self, tokenizer: Tokenizer, examples: list[dict], shape: DecoderShape) -> None:
-        self.batches = []
-        encoded = [
-            example_ids(tokenizer, e, shape.eos_token_id, shape.max_positions) for e in examples
-        ]
-        self.prompts = [ids[:start] for ids, start in encoded]
-        for first in range(0, len(encoded), EVAL_BATCH_SIZE):
-            part = encoded[first : first + EVAL_BATCH_SIZE]
-            width = max(len(ids) for ids, _ in part)
-            ids = np.full((len(part), width), shape.eos_token_id, np.int64)
-            mask = np.zeros((len(part), width), np.int64)
-            scored = np.zeros((len(part), width), bool)
-            for row, (seq, start) in enumerate(part):
-                ids[row, : len(seq)], mask[row, : len(seq)] = seq, 1
-                scored[row, start : len(seq)] = True
-            self.batches.append((ids, mask, scored))
+    def __init__(self, tokenizer: Tokenizer, examples: list, max_len: int) -> None:
+        self.batches = []  # (input ids, attention mask, labels)
+        self.prompts = []  # each example's context: what the parity decode starts from
+        for first in range(0, len(examples), EVAL_BATCH_SIZE):
+            part = encode_examples(tokenizer, examples[first : first + EVAL_BATCH_SIZE], max_len)
+            ids, labels = part.inputs["input_ids"], part.targets["labels"]
+            self.batches.append((ids, part.inputs["attention_mask"], labels))
+            for row_ids, row_labels in zip(ids, labels, strict=True):
+                self.prompts.append(row_ids[: int(np.argmax(row_labels != IGNORE_INDEX))].tolist())
 
     def logits(self, run) -> list[np.ndarray]:
         return [run(ids, mask) for ids, mask, _ in self.batches]
 
     def mean_nll(self, logits: list[np.ndarray]) -> float:
-        nll = [
-            token_nll(out, ids, scored)
-            for out, (ids, _, scored) in zip(logits, self.batches, strict=True)
-        ]
-        return float(np.concatenate(nll).mean())
+        nll = tokens = 0.0
+        for out, (_, _, labels) in zip(logits, self.batches, strict=True):
+            row_nll, row_tokens = completion_nll(out, labels)
+            nll, tokens = nll + row_nll.sum(), tokens + row_tokens.sum()
+        return float(nll / max(tokens, 1))
 
 
 def torch_scorer(model: torch.nn.Module):
@@ -148,7 +113,8 @@ def compress_generation(
         exported = Path(tmp) / "model.export.onnx"
         shape = export_decoder(model, exported, cfg.opset)
         graph = fuse(exported, files["onnx_fp32"], model.config, cfg)
-        val = Validation(tokenizer, read_examples(prepared_dir), shape)
+        examples = read_prepared(Path(prepared_dir), TASK, "validation")
+        val = Validation(tokenizer, examples, encode_length(finetuned_dir, shape))
         log.info("%s: %d validation sequences", TASK, sum(len(b[0]) for b in val.batches))
         parity = decode_parity(model, files["onnx_fp32"], shape, val.prompts, cfg, threads)
         quantization = None
@@ -169,6 +135,12 @@ def compress_generation(
         "quantization": quantization,
         "validation_examples": len(val.prompts),
     }
+
+
+def encode_length(finetuned_dir: Path, shape: DecoderShape) -> int:
+    """The sequence length fine-tuning evaluated at (its task.json), within the positions."""
+    task = json.loads((finetuned_dir / "task.json").read_text(encoding="utf-8"))
+    return min(int(task.get("max_seq_len", shape.max_positions)), shape.max_positions)
 
 
 def fuse(exported: Path, dst: Path, config, cfg: CompressConfig) -> dict:
@@ -324,8 +296,6 @@ def write_serving_files(
         "labels": [],
         "max_seq_len": shape.max_positions,
         **{name: getattr(shape, name) for name in DecoderShape.__dataclass_fields__},
-        # Every sequence starts with it, as in training (a prompt may be empty).
-        "bos_token_id": shape.eos_token_id,
         "vocab_size": tokenizer.get_vocab_size(),
         "model_file": model_file,
         "fp32_model_file": "model.onnx",

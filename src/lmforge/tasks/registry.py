@@ -8,15 +8,14 @@ from lmforge.tasks.generation import GenerationTask
 from lmforge.tasks.ner import NerTask
 from lmforge.tasks.qa import QaTask
 
-# The encoder's tasks (model.arch bert): the service's batched routes, loaded by default.
-TASKS: dict[str, Task] = {t.name: t for t in (ClassificationTask(), NerTask(), QaTask())}
-# The decoder's (model.arch gpt2): text generation, decoded token by token, not batched.
-DECODER_TASKS: dict[str, Task] = {t.name: t for t in (GenerationTask(),)}
+# The encoder's tasks (model.arch bert), then the decoder's (gpt2): lmforge.config.TASKS.
+TASKS: dict[str, Task] = {
+    t.name: t for t in (ClassificationTask(), NerTask(), QaTask(), GenerationTask())
+}
 
 
 def get_task(name: str) -> Task:
-    known = TASKS | DECODER_TASKS
     try:
-        return known[name]
+        return TASKS[name]
     except KeyError:
-        raise KeyError(f"unknown task {name!r}; expected one of {', '.join(known)}") from None
+        raise KeyError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}") from None
