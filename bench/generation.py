@@ -40,6 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "src"), str(ROOT / "bench")]
 
 from serve_load import server  # noqa: E402  (bench/ is not a package)
+from tokenizers import Tokenizer  # noqa: E402
+
+from lmforge.tasks.generation import context_ids  # noqa: E402
 
 LEVELS = (1, 8)
 
@@ -51,7 +54,6 @@ def naive_app(finetuned: Path):
     """`model.generate` once per request: what a user writes from the transformers docs."""
     import torch
     from fastapi import FastAPI
-    from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM
 
     tokenizer = Tokenizer.from_file(str(finetuned / "tokenizer.json"))
@@ -65,7 +67,7 @@ def naive_app(finetuned: Path):
 
     @app.post("/v1/generate")
     def generate(body: dict) -> dict:
-        ids = [eos, *tokenizer.encode(body["prompt"]).ids]  # the service's start token too
+        ids = context_ids(tokenizer, body["prompt"])  # the context the service builds too
         with torch.inference_mode():
             out = model.generate(
                 torch.tensor([ids]),
@@ -139,6 +141,17 @@ def start(name: str, args: argparse.Namespace):
 # --- batched steps vs threads, in process ------------------------------------------------
 
 
+def fitting_prompts(data: Path, serving: Path, max_new_tokens: int) -> list[str]:
+    """The validation split's prompts (up to 64) that leave room for max_new_tokens within
+    the model's positions (a longer one would be a 422 by design)."""
+    tokenizer = Tokenizer.from_file(str(serving / "tokenizer.json"))
+    positions = json.loads((serving / "manifest.json").read_text(encoding="utf-8"))["max_seq_len"]
+    rows = (data / "generation" / "validation.jsonl").read_text(encoding="utf-8").split("\n")
+    prompts = [json.loads(r)["prompt"] for r in rows if r.strip()]
+    fit = [p for p in prompts if len(context_ids(tokenizer, p)) + max_new_tokens <= positions]
+    return fit[:64]
+
+
 def decode_modes(folder: Path, prompts: list[str], steps: int) -> dict:
     """Tokens/s of 8 greedy streams: one batched step for all vs one thread per stream."""
     import onnxruntime as ort
@@ -192,7 +205,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT / "data/prepared")
     parser.add_argument("--metrics", type=Path, default=ROOT / "metrics/compress/generation.json")
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--requests", type=int, default=16, help="per client and level")
+    parser.add_argument("--requests", type=int, default=64, help="per client and level")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/generation.json")
     parser.add_argument("--serve-naive", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -204,8 +217,7 @@ def main() -> None:
         uvicorn.run(app, host="127.0.0.1", port=args.port, access_log=False, log_level="warning")
         return
 
-    rows = (args.data / "generation" / "validation.jsonl").read_text(encoding="utf-8").split("\n")
-    prompts = [json.loads(r)["prompt"] for r in rows if r.strip()][:64]
+    prompts = fitting_prompts(args.data, args.serving / "generation", args.max_new_tokens)
     body = {"max_new_tokens": args.max_new_tokens, "temperature": 0}
     bodies = {
         "lmforge": [{"prompt": p, **body, "stream": True} for p in prompts],
