@@ -296,9 +296,10 @@ def open_session(path: Path, settings: Settings) -> ort.InferenceSession:
     options.inter_op_num_threads = settings.inter_op_threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # The event loop and the tokenizer share the cores with onnxruntime's pool; threads
-    # spinning between batches would take their CPU (measured at concurrency 32 on
-    # 2 cores: 20-40% fewer requests/s).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # spinning between batches take their CPU (bench/serve_load.py, 2 cores, 6x384 at 32
+    # clients: NER 212 vs 403 requests/s), though a lone client gains (QA 178 vs 127).
+    spinning = "1" if settings.intra_op_spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

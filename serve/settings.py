@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     )  # fmt: skip
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0: auto).")
     inter_op_threads: int = Field(0, ge=0, description="onnxruntime inter-op threads (0: auto).")
+    intra_op_spinning: bool = Field(
+        False,
+        description="onnxruntime's pool threads spin while waiting for work: faster for a "
+        "lone client, slower under load (they take CPU from the event loop).",
+    )
 
     log_level: str = Field("INFO", description="Level of the JSON logs on stderr.")
     access_log: bool = Field(True, description="One JSON log line per request (lmforge.access).")

@@ -117,3 +117,15 @@ def test_settings_reject_unknown_tasks_and_small_batches():
         Settings(log_level="loud")
     assert Settings(api_key="").api_key is None
     assert Settings(tasks=" qa , ner,qa").task_names == ["qa", "ner"]
+
+
+@pytest.mark.parametrize("spinning", [False, True])
+def test_sessions_open_with_or_without_spinning_pool_threads(serving_dir, spinning):
+    from serve.runtime import open_session
+
+    settings = Settings(artifacts=serving_dir, intra_op_spinning=spinning)
+    session = open_session(serving_dir / "classification" / "model.onnx", settings)
+    entries = session.get_session_options().get_session_config_entry(
+        "session.intra_op.allow_spinning"
+    )
+    assert entries == ("1" if spinning else "0")
