@@ -1,5 +1,6 @@
 """Starting the GPT-2 branch from a GPT-2-family checkpoint: import, refusals, tokenize with
-its own `<|endoftext|>`, the decoder it pretrains from, and `dvc repro` through serving.
+its own `<|endoftext|>`, next-token training continued from its weights (and resumed after a
+kill -9), and `dvc repro` through /v1/generate.
 
 The tiny checkpoint is built here as GPT-2 ships: a byte-level BPE whose `<|endoftext|>` is
 appended last (id 50256 in GPT-2's, the last id here too, never 0), so any stage that
@@ -28,12 +29,23 @@ from lmforge.checkpoints import (
     start_folder,
 )
 from lmforge.config import ModelConfig, PretrainConfig, deep_merge
+from lmforge.engine import complete_tags
 from lmforge.errors import ConfigError
 from lmforge.pretrain import run_pretrain
 from lmforge.tokenizer import EOS, load_tokenizer, run_tokenize
 from lmforge.tokens import open_blocks
-from support import REPO, TINY_MODEL, repo_copy, run_checked
+from support import REPO, TINY_MODEL, default_params, repo_copy, run_checked
 from test_checkpoints import _docs, corpus_files, make_checkpoint
+from test_engine import (
+    CKPT,
+    RUN,
+    assert_same_weights,
+    curve,
+    kill_9_after_step_4,
+    losses,
+    metrics,
+    stage,
+)
 
 WIDTH, POSITIONS, VOCAB = 32, 64, 400
 
@@ -157,6 +169,54 @@ def test_trust_pickle_converts_a_gpt2_checkpoint(tmp_path):
     expected = GPT2LMHeadModel.from_pretrained(str(source), use_safetensors=False).state_dict()
     for name, value in load_file(tmp_path / "ckpt" / "model.safetensors").items():
         torch.testing.assert_close(value, expected[name], rtol=0, atol=0)
+
+
+# --- the pretrain stage from the checkpoint: continue next-token training, resume --------
+
+
+def new_gpt2_run(folder: Path, source: Path) -> Path:
+    """artifacts/checkpoint, artifacts/tokenizer, data/tokens (blocks of 32) and params."""
+    import_checkpoint(str(source), False, 32, folder / "artifacts/checkpoint", "gpt2")
+    run_tokenize(
+        corpus_files(folder / "data/prepared/corpus", _docs()), 800, 2, False, 32,
+        folder / "artifacts/tokenizer", folder / "data/tokens",
+        checkpoint_dir=folder / "artifacts/checkpoint", arch="gpt2",
+    )  # fmt: skip
+    gpt2 = {"model": {"arch": "gpt2", "checkpoint": str(source)}, "tokenize": {"lowercase": False}}
+    raw = deep_merge(default_params(), deep_merge(RUN, gpt2))
+    raw["finetune"] = {"generation": {**raw["finetune"]["classification"], "max_seq_len": 32}}
+    (folder / "params.yaml").write_text(yaml.safe_dump(raw))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def continued(tmp_path_factory, gpt2_checkpoint) -> Path:
+    """An uninterrupted 12-step run of next-token training from the checkpoint."""
+    folder = new_gpt2_run(tmp_path_factory.mktemp("continued"), gpt2_checkpoint)
+    stage(folder)
+    return folder
+
+
+def test_continued_pretraining_starts_from_the_checkpoint(continued, gpt2_checkpoint):
+    assert metrics(continued)["steps"] == 12
+    assert losses(continued)[-1] < losses(continued)[0]
+    out = GPT2LMHeadModel.from_pretrained(continued / "artifacts/pretrained")
+    assert out.config.n_embd == WIDTH and out.config.n_positions == POSITIONS
+    assert out.config.eos_token_id == _eos_id(continued / "artifacts/pretrained") == VOCAB - 1
+    source = GPT2LMHeadModel.from_pretrained(str(gpt2_checkpoint))
+    with torch.no_grad():
+        moved = out.transformer.wte.weight - source.transformer.wte.weight
+    assert 0 < float(moved.abs().max()) < 0.1  # trained onwards from the checkpoint, not anew
+
+
+def test_kill_9_then_rerun_resumes_continued_pretraining(tmp_path, continued, gpt2_checkpoint):
+    folder = new_gpt2_run(tmp_path / "killed", gpt2_checkpoint)
+    kill_9_after_step_4(folder)
+    assert complete_tags(folder / CKPT) == ["step_00000004"]
+    stage(folder)
+    assert metrics(folder)["resumed_from_step"] == 4
+    assert curve(folder) == curve(continued)
+    assert_same_weights(folder, continued, atol=0.0)
 
 
 # --- refusals: one line naming the key, before any work --------------------------------------
