@@ -1,4 +1,5 @@
-"""Stage checkpoint: import `model.checkpoint` (local dir or hub id) for tokenize and pretrain.
+"""Stage checkpoint: import `model.checkpoint` (local dir or hub id, of model.arch's family)
+for tokenize and pretrain.
 
 Later stages read the imported folder, never the source. With `model.checkpoint: null`
 it writes a manifest saying so, and the pipeline trains from scratch.
@@ -17,7 +18,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("artifacts/checkpoint"))
     args = parser.parse_args()
     m = load_params().model
-    manifest = import_checkpoint(m.checkpoint, m.trust_pickle, m.max_seq_len, args.out)
+    manifest = import_checkpoint(m.checkpoint, m.trust_pickle, m.max_seq_len, args.out, m.arch)
     log.info("checkpoint %s", manifest)
 
 

@@ -1,5 +1,6 @@
-"""Stage pretrain: masked-LM pretraining through DeepSpeed, on `pretrain.num_procs` ranks,
-from scratch or continued from the imported checkpoint (`pretrain.max_steps: 0`: none).
+"""Stage pretrain: masked-LM or next-token pretraining (model.arch) through DeepSpeed, on
+`pretrain.num_procs` ranks, from scratch or continued from the imported checkpoint
+(`pretrain.max_steps: 0`: none).
 
 With num_procs > 1 the script relaunches itself under torchrun; a DeepSpeed or torchrun
 launcher that already set RANK (multi-node, see README) runs it directly.
@@ -28,7 +29,8 @@ def main() -> None:
     parser.add_argument("--plots", type=Path, default=Path("plots/pretrain.csv"))
     args = parser.parse_args()
     params = load_params()
-    start = start_folder(args.checkpoint, params.model.checkpoint, params.model.max_seq_len)
+    m = params.model
+    start = start_folder(args.checkpoint, m.checkpoint, m.max_seq_len, m.arch)
     relaunch = params.pretrain.num_procs > 1 and params.pretrain.max_steps > 0
     if relaunch and "RANK" not in os.environ:
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]

@@ -20,13 +20,14 @@ def main() -> None:
     parser.add_argument("--tokens", type=Path, default=Path("data/tokens"))
     args = parser.parse_args()
     params = load_params()
-    start = start_folder(args.checkpoint, params.model.checkpoint, params.model.max_seq_len)
+    m = params.model
+    start = start_folder(args.checkpoint, m.checkpoint, m.max_seq_len, m.arch)
     corpus = {split: prepared_corpus(args.prepared, split) for split in ("train", "validation")}
     t = params.tokenize
     summary = run_tokenize(
-        corpus, t.vocab_size, t.min_frequency, t.lowercase, params.model.max_seq_len,
+        corpus, t.vocab_size, t.min_frequency, t.lowercase, m.max_seq_len,
         args.tokenizer, args.tokens, t.train_sample_mb, num_proc=len(os.sched_getaffinity(0)),
-        checkpoint_dir=start, arch=params.model.arch,
+        checkpoint_dir=start, arch=m.arch,
     )  # fmt: skip
     log.info("tokenized %s", summary)
 

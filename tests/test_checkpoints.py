@@ -135,7 +135,12 @@ def _gpt2(folder: Path) -> Path:
             "model.max_seq_len (128) is above the checkpoint's position limit "
             "(max_position_embeddings 64",
         ),
-        (_gpt2, 32, "is a gpt2 model (GPT2LMHeadModel); lmforge starts only from BERT-family"),
+        (
+            _gpt2,
+            32,
+            "is a gpt2 model (GPT2LMHeadModel); with model.arch bert lmforge starts only from "
+            "BERT-family encoders (model_type bert); set model.arch: gpt2",
+        ),
         (
             lambda d: make_checkpoint(d, "bare_uncased", safe=False),
             32,

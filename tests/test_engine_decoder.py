@@ -20,7 +20,6 @@ from transformers import AutoModelForCausalLM, GPT2LMHeadModel
 from lmforge.config import deep_merge
 from lmforge.engine import complete_tags
 from lmforge.pretrain import next_token_rows
-from lmforge.tokenizer import EOS_ID
 from lmforge.tokens import open_blocks
 from support import TINY_MODEL, default_params
 from test_engine import (
@@ -68,7 +67,7 @@ def assert_export_is_the_trained_decoder(folder: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     assert isinstance(model, GPT2LMHeadModel)
     assert model.config.n_positions == TINY_MODEL["max_seq_len"]
-    assert model.config.eos_token_id == model.config.pad_token_id == EOS_ID
+    assert model.config.eos_token_id == model.config.pad_token_id == 0  # the trained BPE's
     assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
     validation = open_blocks(folder / "data/tokens", "validation")[0]
     size = yaml.safe_load((folder / "params.yaml").read_text())["pretrain"]["micro_batch_size"]

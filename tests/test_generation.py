@@ -28,7 +28,7 @@ from lmforge.tasks.generation import (
     encode_examples,
     perplexity,
 )
-from lmforge.tokenizer import EOS, EOS_ID, save_tokenizer, train_byte_bpe, unk_rate
+from lmforge.tokenizer import EOS, save_tokenizer, train_byte_bpe, unk_rate
 from lmforge.tokens import BLOCK_LAYOUTS, open_blocks, pack_corpus
 from support import REPO, TINY_MODEL
 
@@ -38,6 +38,7 @@ TEXTS = [
     "数据管道把原始文本变成可以服务的模型。",
     "Emoji too: 🙂👍🏽 and flags 🇫🇷.",
 ] * 30
+EOS_ID = 0  # train_byte_bpe gives its one special token the first id (a checkpoint's: any)
 ODD = "中文测试，emoji 🙂👍🏽🇫🇷, tabs\tand\nnewlines, accents é, a rare 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 run, <html>"
 
 
@@ -91,8 +92,6 @@ def _edit(raw: dict, path: str, value) -> dict:
         ("bert", {"finetune.generation": "=finetune.classification"},
          "finetune.generation: model.arch bert fine-tunes only classification, ner, qa"),
         ("gpt2", {"finetune.generation": None}, "finetune must list at least one task (generation)"),
-        ("gpt2", {"model.checkpoint": "checkpoints/gpt2"},
-         "model.checkpoint: starting from a checkpoint is BERT-only for now"),
         ("gpt2", {"tokenize.lowercase": True}, "tokenize.lowercase must be false with model.arch gpt2"),
         ("gpt2", {"data.source": "local", "data.local.generation": None},
          "data.local.generation is missing: finetune.generation needs its data"),
@@ -271,7 +270,9 @@ def test_numpy_scoring_equals_the_models_own_loss(tokenizer):
     torch.manual_seed(0)
     from transformers import GPT2LMHeadModel
 
-    model = GPT2LMHeadModel(gpt2_config(ModelConfig(**TINY_MODEL), tokenizer.get_vocab_size()))
+    model = GPT2LMHeadModel(
+        gpt2_config(ModelConfig(**TINY_MODEL), tokenizer.get_vocab_size(), EOS_ID)
+    )
     model.eval()
     examples = [
         GenerationExample("The quick brown", " fox jumps over"),

