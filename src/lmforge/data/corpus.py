@@ -47,8 +47,17 @@ def corpus_documents(path: Path) -> int:
 
 def corpus_batches(path: Path, batch_documents: int = BATCH_DOCUMENTS) -> Iterator[list[str]]:
     """The documents in file order, `batch_documents` at a time."""
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_documents):
+    for batch in _record_batches(path, batch_documents):
         yield batch.column(0).to_pylist()
+
+
+def _record_batches(path: Path, batch_documents: int) -> Iterator[pa.RecordBatch]:
+    """A row group at a time. Not `ParquetFile.iter_batches`: measured with pyarrow 26 on
+    this project's corpora, its peak RSS grows with the file (567 MB reading a 1 GB
+    corpus, 173 MB for 100 MB), while reading row group by row group stays at 177 MB."""
+    parquet = pq.ParquetFile(path)
+    for index in range(parquet.metadata.num_row_groups):
+        yield from parquet.read_row_group(index).to_batches(max_chunksize=batch_documents)
 
 
 def sample_documents(path: Path, budget_bytes: int) -> Iterator[str]:
@@ -61,7 +70,7 @@ def sample_documents(path: Path, budget_bytes: int) -> Iterator[str]:
     size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
     stride = max(1, math.ceil(size / budget_bytes))
     index = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_DOCUMENTS):
+    for batch in _record_batches(path, BATCH_DOCUMENTS):
         first = -index % stride
         yield from (
             batch.column(0).take(pa.array(range(first, len(batch), stride), pa.int64())).to_pylist()
