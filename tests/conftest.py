@@ -25,47 +25,36 @@ def write_params():
     return write
 
 
-@pytest.fixture(scope="session")
-def tiny_corpus_dirs(tmp_path_factory) -> Path:
+def _tiny_corpus(root: Path, arch: str) -> Path:
     """artifacts/tokenizer and data/tokens (blocks of 32) built from Python's own docs."""
     import pydoc_data.topics
 
     from lmforge.data.corpus import write_corpus
     from lmforge.tokenizer import run_tokenize
 
-    root = tmp_path_factory.mktemp("corpus")
     docs = [p for text in pydoc_data.topics.topics.values() for p in text.split("\n\n")]
     docs = [d for d in docs if d.strip()][:600]
     corpus = {"train": root / "train.parquet", "validation": root / "validation.parquet"}
     write_corpus(corpus["train"], docs[:540])
     write_corpus(corpus["validation"], docs[540:])
     run_tokenize(
-        corpus, vocab_size=800, min_frequency=2, lowercase=True, block_len=32,
+        corpus, vocab_size=800, min_frequency=2, lowercase=arch == "bert", block_len=32,
         tokenizer_dir=root / "artifacts" / "tokenizer", tokens_dir=root / "data" / "tokens",
+        arch=arch,
     )  # fmt: skip
     return root
 
 
 @pytest.fixture(scope="session")
+def tiny_corpus_dirs(tmp_path_factory) -> Path:
+    """WordPiece (lowercased) and [CLS] ... [SEP] blocks, for model.arch bert."""
+    return _tiny_corpus(tmp_path_factory.mktemp("corpus"), "bert")
+
+
+@pytest.fixture(scope="session")
 def tiny_gpt2_corpus_dirs(tmp_path_factory) -> Path:
-    """As tiny_corpus_dirs, for model.arch gpt2: byte-level BPE, blocks of 32 without a frame."""
-    import pydoc_data.topics
-
-    from lmforge.data.corpus import write_corpus
-    from lmforge.tokenizer import run_tokenize
-
-    root = tmp_path_factory.mktemp("gpt2_corpus")
-    docs = [p for text in pydoc_data.topics.topics.values() for p in text.split("\n\n")]
-    docs = [d for d in docs if d.strip()][:600]
-    corpus = {"train": root / "train.parquet", "validation": root / "validation.parquet"}
-    write_corpus(corpus["train"], docs[:540])
-    write_corpus(corpus["validation"], docs[540:])
-    run_tokenize(
-        corpus, vocab_size=800, min_frequency=2, lowercase=False, block_len=32,
-        tokenizer_dir=root / "artifacts" / "tokenizer", tokens_dir=root / "data" / "tokens",
-        arch="gpt2",
-    )  # fmt: skip
-    return root
+    """Byte-level BPE (cased) and blocks without a frame, for model.arch gpt2."""
+    return _tiny_corpus(tmp_path_factory.mktemp("gpt2_corpus"), "gpt2")
 
 
 @pytest.fixture

@@ -17,17 +17,15 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime
 import torch
 import transformers
 from tokenizers import Tokenizer
 
-import lmforge
-from lmforge.artifacts import atomic_dir, sha256_file, write_json
+from lmforge.artifacts import atomic_dir, write_json
 from lmforge.compress.choose import Evaluation, choose_quantization
 from lmforge.compress.decoder_export import export_decoder, torch_greedy
 from lmforge.compress.export import check_parity
+from lmforge.compress.manifest import provenance
 from lmforge.compress.measure import latency, size_mb
 from lmforge.compress.optimize import optimize_graph
 from lmforge.compress.quantize import QuantOptions
@@ -302,15 +300,6 @@ def write_serving_files(
         "quantized": cfg.quantize,
         "inputs": shape.input_names(),
         "outputs": shape.output_names(),
-        "version": sha256_file(staging / model_file)[:12],
-        "source_sha256": sha256_file(finetuned_dir / "model.safetensors"),
-        "versions": {
-            "lmforge": lmforge.__version__,
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "onnx": onnx.__version__,
-            "opset": cfg.opset,
-        },
+        **provenance(staging, model_file, finetuned_dir / "model.safetensors", cfg.opset),
     }
     write_json(staging / "manifest.json", manifest)

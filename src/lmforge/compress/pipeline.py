@@ -14,17 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime
 import torch
 import transformers
 
-import lmforge
-from lmforge.artifacts import atomic_dir, read_json, sha256_file, write_json
+from lmforge.artifacts import atomic_dir, read_json, write_json
 from lmforge.compress.choose import Evaluation, choose_quantization
 from lmforge.compress.export import check_parity, export_onnx, max_abs_diff, sequence_outputs
 from lmforge.compress.generation import TASK as CAUSAL_TASK
 from lmforge.compress.generation import compress_generation
+from lmforge.compress.manifest import provenance
 from lmforge.compress.measure import latency, size_mb, timing_inputs
 from lmforge.compress.optimize import optimize_graph
 from lmforge.compress.quantize import QuantOptions
@@ -271,15 +269,6 @@ def write_serving_files(
         "quantized": cfg.quantize,
         "inputs": list(MODEL_INPUTS),
         "outputs": list(val.task.output_names),
-        "version": sha256_file(staging / model_file)[:12],
-        "source_sha256": sha256_file(finetuned_dir / "model.safetensors"),
-        "versions": {
-            "lmforge": lmforge.__version__,
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "onnx": onnx.__version__,
-            "opset": cfg.opset,
-        },
+        **provenance(staging, model_file, finetuned_dir / "model.safetensors", cfg.opset),
     }
     write_json(staging / "manifest.json", manifest)
