@@ -10,7 +10,7 @@ never into the repository. Every stage runs as users run it: `dvc repro <stage>`
 scratch clone of this repository whose params.yaml points data.local.corpus at the files
 (tokenize at 16k WordPiece, pretrain a tiny 2x128 BERT for --steps steps). Compared:
   after   this checkout's committed code (HEAD)
-  before  the code at `git merge-base HEAD main` (whole-corpus lists, .npy tokens); only up
+  before  the code at --before (default d04ce38: whole-corpus lists, .npy tokens); only up
           to --before-max-mb, as it holds ~140 bytes of memory per token
   hf      Hugging Face run_mlm.py's recipe on the same text file and tokenizer:
           load_dataset("text") + map(tokenize, batched, num_proc) + map(group_texts, num_proc)
@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 WIKITEXT = REPO.parent / "shared" / "data" / "wikitext-2"
 RESULTS = REPO / "bench" / "results" / "data_scale.json"
 NUM_PROC = len(os.sched_getaffinity(0))
+BEFORE = "d04ce38"  # main before corpora were streamed and memory-mapped
 
 PARAMS = {
     "data": {"source": "local"},
@@ -323,7 +324,7 @@ def bench_size(megabytes: int, args, work: Path) -> dict:
     shutil.rmtree(after)
     if megabytes <= args.before_max_mb:
         base = subprocess.run(
-            ["git", "-C", str(REPO), "merge-base", "HEAD", "main"],
+            ["git", "-C", str(REPO), "rev-parse", args.before],
             capture_output=True, text=True, check=True,
         ).stdout.strip()  # fmt: skip
         before = checkout(work, f"before-{megabytes}", base)
@@ -375,6 +376,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="100,1000", help="corpus sizes in MB, comma separated")
     parser.add_argument("--steps", type=int, default=50, help="pretraining steps")
     parser.add_argument("--before-max-mb", type=int, default=100)
+    parser.add_argument(
+        "--before", default=BEFORE, help=f"the commit to compare with (default {BEFORE})"
+    )
     parser.add_argument("--hf-max-mb", type=int, default=100)
     parser.add_argument("--work", type=Path, default=Path("/tmp/lmforge-data-scale"))
     parser.add_argument("--quick", action="store_true", help="20 MB, 5 steps")

@@ -4,6 +4,7 @@ and the bounded sample the tokenizer trains on."""
 from __future__ import annotations
 
 import json
+import mmap
 
 import numpy as np
 import pytest
@@ -61,9 +62,16 @@ def test_packing_header_and_memory_map(tmp_path):
     assert header["blocks"] == len(expected) and header["tokens"] == expected.size
     assert header["documents"] == 500 and header["vocab_size"] == 305
     assert (tmp_path / "train.bin").stat().st_size == expected.size * 2
-    blocks, read_header = open_blocks(tmp_path, "train")
-    assert isinstance(blocks, np.memmap) and read_header == header
-    np.testing.assert_array_equal(blocks, expected)
+    for random_access in (False, True):
+        blocks, read_header = open_blocks(tmp_path, "train", random_access)
+        assert read_header == header and not blocks.flags.writeable
+        owner = blocks
+        while isinstance(owner, np.ndarray):
+            owner = owner.base
+        if isinstance(owner, memoryview):
+            owner = owner.obj
+        assert isinstance(owner, mmap.mmap)  # mapped, not read into memory
+        np.testing.assert_array_equal(blocks, expected)
 
 
 def test_a_vocabulary_over_65536_is_stored_as_uint32(tmp_path):

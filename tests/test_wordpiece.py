@@ -71,3 +71,12 @@ def test_trained_tokenizer_is_a_standard_fast_tokenizer(tmp_path):
     assert fast.convert_ids_to_tokens(ids)[0] == "[CLS]"
     assert fast.decode(ids, skip_special_tokens=True) == "the cats sat"
     assert tokenizer.encode("[MASK] cat").tokens[1] == "[MASK]"
+
+
+def test_words_counted_in_parallel_give_the_same_tokenizer():
+    from lmforge.data.text import read_corpus
+
+    texts = read_corpus(REPO / "data/sample/corpus/train.txt") * 3
+    assert len(texts) > 2 * 1024  # several batches, so both processes count some
+    serial = train_tokenizer(texts, 3000, 2, True).to_str()
+    assert train_tokenizer(iter(texts), 3000, 2, True, num_proc=2).to_str() == serial

@@ -198,7 +198,7 @@ def run_pretrain(
         return publish_checkpoint(start_from, tokenizer_dir, out_dir)
     rank, world = init_distributed()
     # Memory-mapped: each rank reads the rows of its own micro-batches, nothing up front.
-    train, header = open_blocks(tokens_dir, "train")
+    train, header = open_blocks(tokens_dir, "train", random_access=True)
     validation, _ = open_blocks(tokens_dir, "validation")
     if header["block_len"] != model_cfg.max_seq_len:
         raise ConfigError(

@@ -38,7 +38,7 @@ TOKEN_ROLES = {
 
 
 def train_tokenizer(
-    texts: Iterable[str], vocab_size: int, min_frequency: int, lowercase: bool
+    texts: Iterable[str], vocab_size: int, min_frequency: int, lowercase: bool, num_proc: int = 1
 ) -> Tokenizer:
     """A BERT-style WordPiece tokenizer (normalizer, pre-tokenizer, [CLS]/[SEP] template).
 
@@ -49,7 +49,9 @@ def train_tokenizer(
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece(prefix=PREFIX)
-    vocab = build_vocab(count_words(tokenizer, texts), vocab_size, min_frequency, SPECIAL_TOKENS)
+    vocab = build_vocab(
+        count_words(tokenizer, texts, num_proc), vocab_size, min_frequency, SPECIAL_TOKENS
+    )
     tokenizer.model = models.WordPiece(
         {token: i for i, token in enumerate(vocab)},
         unk_token="[UNK]",
@@ -89,12 +91,17 @@ def train_byte_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int) ->
 
 
 def train_for(
-    arch: str, texts: Iterable[str], vocab_size: int, min_frequency: int, lowercase: bool
+    arch: str,
+    texts: Iterable[str],
+    vocab_size: int,
+    min_frequency: int,
+    lowercase: bool,
+    num_proc: int = 1,
 ) -> Tokenizer:
     """The tokenizer model.arch reads with: WordPiece for bert, byte-level BPE for gpt2."""
     if arch == "gpt2":
         return train_byte_bpe(texts, vocab_size, min_frequency)
-    return train_tokenizer(texts, vocab_size, min_frequency, lowercase)
+    return train_tokenizer(texts, vocab_size, min_frequency, lowercase, num_proc)
 
 
 def save_tokenizer(
@@ -152,7 +159,7 @@ def run_tokenize(
     with atomic_dir(tokenizer_dir) as tmp:
         if checkpoint_dir is None:
             sample = sample_documents(prepared_corpus["train"], train_sample_mb << 20)
-            tokenizer = train_for(arch, sample, vocab_size, min_frequency, lowercase)
+            tokenizer = train_for(arch, sample, vocab_size, min_frequency, lowercase, num_proc)
             save_tokenizer(tokenizer, tmp, block_len, arch)
         else:
             tokenizer = save_tokenizer_of(checkpoint_dir, tmp, block_len, arch)

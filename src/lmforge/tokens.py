@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
+import mmap
 import os
-from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from lmforge.errors import DataError
+from lmforge.parallel import ordered_map
 from lmforge.tokenizer import EOS
 
 
@@ -92,8 +92,16 @@ def pack_corpus(
     return header
 
 
-def open_blocks(tokens_dir: Path, split: str) -> tuple[np.ndarray, dict]:
-    """The blocks of a split as a read-only (blocks, block_len) memory map, and its header."""
+def open_blocks(
+    tokens_dir: Path, split: str, random_access: bool = False
+) -> tuple[np.ndarray, dict]:
+    """The blocks of a split as a read-only (blocks, block_len) memory map, and its header.
+
+    `random_access`: the rows will be read in shuffled order (training), so the kernel is
+    told not to read ahead around each page touched; otherwise every shuffled row pulls in
+    ~128 KB of its neighbours and the process's resident memory grows with the file
+    (measured: +200 MB over 50 steps on a 438 MB token file).
+    """
     header_path = Path(tokens_dir) / f"{split}.json"
     path = header_path.with_suffix(".bin")
     if not header_path.is_file() or not path.is_file():
@@ -108,7 +116,11 @@ def open_blocks(tokens_dir: Path, split: str) -> tuple[np.ndarray, dict]:
         )  # fmt: skip
     if shape[0] == 0:  # an empty file cannot be mapped
         return np.zeros(shape, dtype), header
-    return np.memmap(path, dtype=dtype, mode="r", shape=shape), header
+    with path.open("rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if random_access and hasattr(mmap, "MADV_RANDOM"):  # not on every platform
+        mapped.madvise(mmap.MADV_RANDOM)
+    return np.frombuffer(mapped, dtype=dtype).reshape(shape), header
 
 
 def _encoded(
@@ -123,17 +135,8 @@ def _encoded(
         _init_worker(tokenizer.to_str(), dtype.name, separator, parallel=True)
         yield from map(_encode, batches)
         return
-    # spawn, not fork: the parent's tokenizer may have started Rust threads already.
-    context = multiprocessing.get_context("spawn")
     init = (tokenizer.to_str(), dtype.name, separator, False)
-    with context.Pool(num_proc, initializer=_init_worker, initargs=init) as pool:
-        pending: deque = deque()
-        for batch in batches:
-            pending.append(pool.apply_async(_encode, (batch,)))
-            if len(pending) >= 2 * num_proc:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+    yield from ordered_map(_encode, batches, num_proc, _init_worker, init)
 
 
 _worker: dict = {}

@@ -14,24 +14,60 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from itertools import islice
 
 from tokenizers import Tokenizer
+
+from lmforge.parallel import ordered_map
 
 PREFIX = "##"
 
 Pair = tuple[int, int]
 
 
-def count_words(tokenizer: Tokenizer, texts: Iterable[str]) -> Counter[str]:
-    """How often each word occurs, as the tokenizer's normalizer and pre-tokenizer split text."""
-    normalizer, pre_tokenizer = tokenizer.normalizer, tokenizer.pre_tokenizer
+def count_words(tokenizer: Tokenizer, texts: Iterable[str], num_proc: int = 1) -> Counter[str]:
+    """How often each word occurs, as the tokenizer's normalizer and pre-tokenizer split text.
+
+    Batches of texts are counted by `num_proc` processes (the sum is the same for any
+    number): splitting text into words in Python is most of a tokenizer's training time.
+    """
+    init = (tokenizer.to_str(),)
+    batches = _batched(texts, COUNT_BATCH)
+    if num_proc <= 1:
+        _init_counter(*init)
+        parts = map(_count_batch, batches)
+    else:
+        parts = ordered_map(_count_batch, batches, num_proc, _init_counter, init)
+    counts: Counter[str] = Counter()
+    for part in parts:
+        counts.update(part)
+    return counts
+
+
+COUNT_BATCH = 1024  # texts per task
+_counter: dict = {}
+
+
+def _init_counter(tokenizer_json: str) -> None:
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    _counter.update(normalizer=tokenizer.normalizer, pre_tokenizer=tokenizer.pre_tokenizer)
+
+
+def _count_batch(texts: list[str]) -> Counter[str]:
+    normalizer, pre_tokenizer = _counter["normalizer"], _counter["pre_tokenizer"]
     counts: Counter[str] = Counter()
     for text in texts:
         if normalizer is not None:
             text = normalizer.normalize_str(text)
         counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(text))
     return counts
+
+
+def _batched(texts: Iterable[str], size: int) -> Iterator[list[str]]:
+    iterator = iter(texts)
+    while batch := list(islice(iterator, size)):
+        yield batch
 
 
 def build_vocab(
