@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lmforge.tokenizer import SPECIAL_TOKENS, save_tokenizer, train_tokenizer
 from lmforge.wordpiece import build_vocab
 from support import REPO
@@ -80,3 +82,24 @@ def test_words_counted_in_parallel_give_the_same_tokenizer():
     assert len(texts) > 2 * 1024  # several batches, so both processes count some
     serial = train_tokenizer(texts, 3000, 2, True).to_str()
     assert train_tokenizer(iter(texts), 3000, 2, True, num_proc=2).to_str() == serial
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_counting_by_chunks_equals_splitting_each_text(lowercase):
+    from collections import Counter
+
+    from lmforge.wordpiece import count_words
+
+    tokenizer = train_tokenizer(["warm up"], 40, 1, lowercase)
+    texts = [
+        "Ünïcödé café\u00a0naïve\u3000résumé\tdéjà\u2028vu\u0085x \x1cy  end.",
+        "高勇在北京工作，住在“北京”。 U.S. $5 €5 a_b (x)",
+        "ΟΔΟΣ ΟΔΟΣ\nline two\r\nthree \u0301accent ﬁne ＡＢＣ 😀!",
+        "",
+        " leading and trailing ",
+    ] * 3
+    reference: Counter[str] = Counter()
+    for text in texts:
+        normalized = tokenizer.normalizer.normalize_str(text)
+        reference.update(w for w, _ in tokenizer.pre_tokenizer.pre_tokenize_str(normalized))
+    assert count_words(tokenizer, texts) == reference

@@ -82,6 +82,7 @@ def test_metrics_in_prometheus_format(client):
     assert 'lmforge_http_request_duration_seconds_bucket{le="0.005",route="/v1/classify"}' in text
     assert 'lmforge_batch_size_count{task="classification"}' in text
     assert 'lmforge_queue_depth{task="classification"} 0.0' in text
+    assert "lmforge_http_requests_in_flight 1.0" in text  # this scrape itself
     assert 'lmforge_model_ready{task="ner"} 1.0' in text
     assert 'quantized="True",task="classification",version="test-1"' in text  # model info
 

@@ -5,6 +5,7 @@ a full queue is a 503, and closing the batcher finishes what was queued.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
@@ -269,3 +270,67 @@ def test_a_lone_client_pays_no_window_and_overlapping_requests_wait_again():
     assert lone_s < 0.5  # five lone requests together took less than one window
     assert results == [["a"], ["b"], ["c"], ["d"]]
     assert calls == [1] * 6 + [1, 3]
+
+
+def test_a_lone_request_skips_the_worker_and_overlapping_ones_still_batch():
+    threads, in_flight = [], 0
+
+    def predict(items):
+        threads.append((threading.get_ident(), len(items)))
+        return items
+
+    async def request(batcher, item):
+        nonlocal in_flight  # counted as serve.metrics.AccessLog counts HTTP requests
+        in_flight += 1
+        try:
+            return await batcher.submit([item])
+        finally:
+            in_flight -= 1
+
+    async def main():
+        batcher = MicroBatcher(
+            "test", predict, max_wait_s=0.05, max_items=8, max_queue=100, metrics=Metrics(),
+            alone=lambda: in_flight <= 1,
+        )  # fmt: skip
+        one_client = [await request(batcher, i) for i in range(3)]
+        together = await asyncio.gather(*(request(batcher, i) for i in range(5)))
+        after_company = await request(batcher, 8)
+        alone_again = await request(batcher, 9)
+        await batcher.close()
+        return one_client, together, after_company, alone_again
+
+    loop = threading.get_ident()  # asyncio.run runs the loop in this thread
+    assert asyncio.run(main()) == ([[0], [1], [2]], [[i] for i in range(5)], [8], [9])
+    ran_inline = [thread == loop for thread, _ in threads]
+    # The very first request and the one right after a batch with company go to the worker
+    # (batching mode until a batch runs alone); the five overlapping ones are batched there.
+    assert ran_inline[:3] == [False, True, True] and ran_inline[-2:] == [False, True]
+    assert not any(ran_inline[3:-2]) and sum(n for _, n in threads[3:-2]) == 5
+    assert len(threads) - 4 < 5  # at least two of the five shared a call
+
+
+def test_a_lone_request_that_fails_inline_fails_alone():
+    def check(items):
+        if "bad" in items:
+            raise ValueError("bad item")
+
+    def predict(items):
+        if "boom" in items:
+            raise RuntimeError("boom")
+        return items
+
+    async def main():
+        batcher = MicroBatcher(
+            "test", predict, max_wait_s=0.05, max_items=8, max_queue=100, metrics=Metrics(),
+            check=check, alone=lambda: True,
+        )  # fmt: skip
+        results = [await batcher.submit(["warm"])]  # the worker's: batching mode at first
+        for items in (["bad"], ["boom"], ["fine"]):
+            try:
+                results.append(await batcher.submit(items))
+            except (ValueError, RuntimeError) as exc:
+                results.append(str(exc))
+        await batcher.close()
+        return results
+
+    assert asyncio.run(main()) == [["warm"], "bad item", "test inference failed: boom", ["fine"]]
