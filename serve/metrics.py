@@ -58,6 +58,12 @@ class Metrics:
             ["task"],
             registry=r,
         )
+        # HTTP requests being answered (AccessLog counts them): the batcher runs a request
+        # inline when it is the only one. A plain int, read by the gauge only when scraped.
+        self.http_in_flight = 0
+        Gauge(
+            "lmforge_http_requests_in_flight", "HTTP requests being answered.", registry=r
+        ).set_function(lambda: self.http_in_flight)
         self.queue_depth = Gauge(
             "lmforge_queue_depth", "Items waiting for a batch.", ["task"], registry=r
         )
@@ -124,6 +130,7 @@ class AccessLog:
         start = time.perf_counter()
         request_id = _header(scope, b"x-request-id") or f"{self._id_prefix}{next(self._ids):016x}"
         status = 500  # what the client gets if the app raises before responding
+        self.metrics.http_in_flight += 1
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -137,6 +144,7 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            self.metrics.http_in_flight -= 1
             self._record(scope, status, time.perf_counter() - start, request_id)
 
     def _record(self, scope: Scope, status: int, seconds: float, request_id: str) -> None:

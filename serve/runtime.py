@@ -384,8 +384,12 @@ class Runtime:
                 max_queue=self.settings.max_queue_items,
                 metrics=self.metrics,
                 check=model.validate,
+                alone=self._alone if self.settings.inline_lone_requests else None,
             )
             self._ready_model(task, model)
+
+    def _alone(self) -> bool:
+        return self.metrics.http_in_flight <= 1
 
     async def _load_generation(self, folder: Path) -> None:
         if not (folder / "manifest.json").is_file():

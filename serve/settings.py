@@ -40,6 +40,11 @@ class Settings(BaseSettings):
         description="Padded tokens per onnxruntime call; a bigger batch runs in several calls, "
         "rows sorted by length (0: one call per batch).",
     )
+    inline_lone_requests: bool = Field(
+        True,
+        description="A one-item request that is the only one in flight runs on the event "
+        "loop, skipping the batch thread's two hand-offs (batching is unchanged under load).",
+    )
     max_queue_items: int = Field(1024, ge=1, description="Items waiting per task before 503.")
     max_new_tokens: int = Field(512, ge=1, description="Largest max_new_tokens of a generation.")
     max_streams: int = Field(
