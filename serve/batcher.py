@@ -49,7 +49,10 @@ class MicroBatcher:
     (per request: its exception fails that request alone), `predict`, metrics. It hands
     a batch's results back to the event loop in one call.
 
-    A lone request skips the worker: when `alone()` says no other request is in flight
+    `workers` threads take batches from the queue, so up to that many onnxruntime calls
+    overlap: one call of a bigger model leaves cores idle in its serial parts.
+
+    A lone request skips the workers: when `alone()` says no other request is in flight
     (after one turn of the event loop, so requests that arrived together see each other),
     the last batch had no company, the worker is idle and the request holds one item, it
     runs on the event loop itself. With nothing to batch, the two thread hand-offs were
@@ -68,6 +71,7 @@ class MicroBatcher:
         metrics: Metrics,
         check: Callable[[list], None] | None = None,
         alone: Callable[[], bool] | None = None,
+        workers: int = 1,
     ) -> None:
         self.task = task
         self._predict = predict
@@ -84,11 +88,14 @@ class MicroBatcher:
         self._jobs: deque[_Job] = deque()
         self._queued = 0  # items in self._jobs
         self._concurrent = True  # the last batch had company: wait for more next time
-        self._running = False  # a batch is being run (by the worker or inline)
+        self._busy = 0  # batches being run, by the workers or inline
+        self._inline = False  # one is running on the event loop: the workers hold back
         self._closing = False
         self._stopped = self._loop.create_future()
-        self._worker = threading.Thread(target=self._run, name=f"infer-{task}", daemon=True)
-        self._worker.start()
+        self._workers_left = workers
+        for number in range(workers):
+            name = f"infer-{task}-{number}"
+            threading.Thread(target=self._run, name=name, daemon=True).start()
 
     async def submit(self, items: list) -> list:
         if self._alone is not None and len(items) == 1 and not self._concurrent:
@@ -111,9 +118,10 @@ class MicroBatcher:
 
     def _claim_idle_worker(self) -> bool:
         with self._ready:
-            if self._jobs or self._running or self._concurrent or self._closing:
+            if self._jobs or self._busy or self._concurrent or self._closing:
                 return False
-            self._running = True
+            self._busy += 1
+            self._inline = True
             return True
 
     def _run_inline(self, items: list) -> list:
@@ -122,8 +130,9 @@ class MicroBatcher:
             results = self._run_batch([job])
         finally:
             with self._ready:
-                self._running = False
-                self._ready.notify()
+                self._busy -= 1
+                self._inline = False
+                self._ready.notify_all()
         if job.error is not None:
             raise job.error
         return results
@@ -132,7 +141,7 @@ class MicroBatcher:
         """Finish every queued request, then stop the worker (graceful shutdown)."""
         with self._ready:
             self._closing = True
-            self._ready.notify()
+            self._ready.notify_all()  # every worker must see it to stop
         await self._stopped
 
     # --- the worker thread ---------------------------------------------------------------
@@ -142,14 +151,18 @@ class MicroBatcher:
             while (batch := self._next_batch()) is not None:
                 self._execute(batch)
         finally:
-            self._to_loop(_resolve, self._stopped)
+            with self._ready:
+                self._workers_left -= 1
+                last = self._workers_left == 0
+            if last:
+                self._to_loop(_resolve, self._stopped)
 
     def _next_batch(self) -> list[_Job] | None:
         """The next batch to run, once it is due; None when closing and nothing is left."""
         with self._ready:
             while True:
-                if not self._jobs or self._running:
-                    if self._closing and not self._jobs and not self._running:
+                if not self._jobs or self._inline:
+                    if self._closing and not self._jobs:
                         return None
                     self._ready.wait()
                     continue
@@ -170,7 +183,7 @@ class MicroBatcher:
                 batch.append(job)
                 size += len(job.items)
         self._queue_depth.set(self._queued)
-        self._running = True
+        self._busy += 1
         return batch
 
     def _execute(self, batch: list[_Job]) -> None:
@@ -178,7 +191,7 @@ class MicroBatcher:
             results = self._run_batch(batch)
         finally:
             with self._ready:
-                self._running = False
+                self._busy -= 1
         self._to_loop(_deliver, batch, results)
 
     def _run_batch(self, batch: list[_Job]) -> list:

@@ -385,6 +385,7 @@ class Runtime:
                 metrics=self.metrics,
                 check=model.validate,
                 alone=self._alone if self.settings.inline_lone_requests else None,
+                workers=self.settings.batch_workers,
             )
             self._ready_model(task, model)
 

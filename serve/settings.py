@@ -45,6 +45,9 @@ class Settings(BaseSettings):
         description="A one-item request that is the only one in flight runs on the event "
         "loop, skipping the batch thread's two hand-offs (batching is unchanged under load).",
     )
+    batch_workers: int = Field(
+        1, ge=1, description="Batches of one task run at once (overlapping onnxruntime calls)."
+    )
     max_queue_items: int = Field(1024, ge=1, description="Items waiting per task before 503.")
     max_new_tokens: int = Field(512, ge=1, description="Largest max_new_tokens of a generation.")
     max_streams: int = Field(

@@ -334,3 +334,30 @@ def test_a_lone_request_that_fails_inline_fails_alone():
         return results
 
     assert asyncio.run(main()) == [["warm"], "bad item", "test inference failed: boom", ["fine"]]
+
+
+def test_two_workers_run_two_batches_at_once():
+    running, overlap, lock = [0], [0], threading.Lock()
+
+    def predict(items):
+        with lock:
+            running[0] += 1
+            overlap[0] = max(overlap[0], running[0])
+        time.sleep(0.1)
+        with lock:
+            running[0] -= 1
+        return items
+
+    async def main():
+        batcher = MicroBatcher(
+            "test", predict, max_wait_s=0.0, max_items=2, max_queue=100, metrics=Metrics(),
+            workers=2,
+        )  # fmt: skip
+        results = await asyncio.gather(*(batcher.submit([i]) for i in range(8)))
+        await batcher.close()
+        return results
+
+    started = time.monotonic()
+    assert asyncio.run(main()) == [[i] for i in range(8)]
+    assert overlap[0] == 2
+    assert time.monotonic() - started < 0.35  # 4 batches of 2 in pairs: ~0.2 s, not 0.4
