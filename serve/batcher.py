@@ -54,7 +54,7 @@ class MicroBatcher:
 
     A lone request skips the workers: when `alone()` says no other request is in flight
     (after one turn of the event loop, so requests that arrived together see each other),
-    the last batch had no company, the worker is idle and the request holds one item, it
+    the last batch had no company, no batch is running and the request holds one item, it
     runs on the event loop itself. With nothing to batch, the two thread hand-offs were
     pure cost (~0.25 ms a request); the loop is blocked for one item's inference, which
     nobody else was waiting for.
@@ -100,7 +100,7 @@ class MicroBatcher:
     async def submit(self, items: list) -> list:
         if self._alone is not None and len(items) == 1 and not self._concurrent:
             await asyncio.sleep(0)  # let requests that arrived with this one show up
-            if self._alone() and self._claim_idle_worker():
+            if self._alone() and self._claim_for_inline():
                 return self._run_inline(items)
         job = _Job(items, self._loop.create_future())
         with self._ready:
@@ -116,7 +116,7 @@ class MicroBatcher:
             self._ready.notify()
         return await job.future
 
-    def _claim_idle_worker(self) -> bool:
+    def _claim_for_inline(self) -> bool:
         with self._ready:
             if self._jobs or self._busy or self._concurrent or self._closing:
                 return False

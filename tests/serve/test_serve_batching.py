@@ -357,7 +357,5 @@ def test_two_workers_run_two_batches_at_once():
         await batcher.close()
         return results
 
-    started = time.monotonic()
     assert asyncio.run(main()) == [[i] for i in range(8)]
-    assert overlap[0] == 2
-    assert time.monotonic() - started < 0.35  # 4 batches of 2 in pairs: ~0.2 s, not 0.4
+    assert overlap[0] == 2  # one worker would never have two predict calls at once
