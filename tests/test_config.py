@@ -119,10 +119,17 @@ def _foreach_keys(stage: dict, raw: dict) -> list:
 
 
 def test_dvc_params_exist_in_config():
-    """Every params key a dvc.yaml stage declares is a real config key."""
+    """Every params key a dvc.yaml stage declares is a real config key, and every preset
+    sets it: `cp params-X.yaml params.yaml && dvc repro` fails on a key it lacks."""
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    for raw in (default_params(), yaml.safe_load((REPO / "params-gpt2.yaml").read_text())):
-        _check_stage_params(dvc, raw)
+    presets = sorted(REPO.glob("params-*.yaml"))
+    assert len(presets) >= 4
+    _check_stage_params(dvc, default_params())
+    for preset in presets:
+        try:
+            _check_stage_params(dvc, yaml.safe_load(preset.read_text()))
+        except AssertionError as error:
+            raise AssertionError(f"{preset.name}: {error}") from None
 
 
 def _check_stage_params(dvc: dict, raw: dict) -> None:
