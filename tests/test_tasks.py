@@ -12,7 +12,16 @@ from lmforge.config import ENCODER_TASKS
 from lmforge.config import TASKS as CONFIG_TASKS
 from lmforge.data.records import ClassificationExample, NerExample, QaExample
 from lmforge.tasks.base import IGNORE_INDEX, Features, trim_padding
-from lmforge.tasks.ner import NerTask, encode_texts, entities_of, tagged_words, word_spans
+from lmforge.tasks.ner import (
+    NerTask,
+    allowed_transitions,
+    decode_bio,
+    encode_texts,
+    entities_of,
+    iob2,
+    tagged_words,
+    word_spans,
+)
 from lmforge.tasks.qa import (
     QaTask,
     best_answers,
@@ -123,6 +132,50 @@ def test_ner_tokens_split_into_words_get_inside_tags():
     words, tags = tagged_words(["U.S.", "Army", "won"], ["B-ORG", "I-ORG", "O"])
     assert words == ["U", ".", "S", ".", "Army", "won"]
     assert tags == ["B-ORG", "I-ORG", "I-ORG", "I-ORG", "I-ORG", "O"]
+
+
+def test_iob1_tags_train_as_iob2_with_the_same_entities():
+    tags = ["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-ORG", "I-LOC"]
+    assert iob2(tags) == ["B-PER", "I-PER", "O", "B-LOC", "B-LOC", "B-ORG", "B-LOC"]
+    assert get_entities(iob2(tags)) == get_entities(tags)
+    # A type seen only as I- (IOB1) still gets its B- label.
+    ex = NerExample(tokens=["Oslo", "is", "cold"], tags=["I-LOC", "O", "O"])
+    assert NerTask().label_list([ex]) == ["O", "B-LOC", "I-LOC"]
+    assert tagged_words(ex.tokens, ex.tags)[1] == ["B-LOC", "O", "O"]
+
+
+def test_bio_decoding_keeps_a_valid_argmax_and_repairs_an_invalid_one():
+    labels = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
+    allowed = allowed_transitions(labels)
+    valid = np.array([[0.1, 0.8, 0.1, 0, 0], [0.1, 0.1, 0.8, 0, 0], [0.9, 0, 0, 0.1, 0]])
+    assert list(decode_bio(valid, allowed)) == [1, 2, 0]
+    # Argmax O I-PER I-PER: an I- after O is invalid. B-PER I-PER I-PER
+    # (0.4 * 0.6 * 0.7) beats O O O (0.5 * 0.3 * 0.2).
+    fragment = np.array([[0.5, 0.4, 0.1, 0, 0], [0.3, 0.1, 0.6, 0, 0], [0.2, 0.1, 0.7, 0, 0]])
+    assert list(decode_bio(fragment, allowed)) == [1, 2, 2]
+    # B-PER I-LOC: the type may not change inside an entity.
+    switch = np.array([[0.1, 0.9, 0, 0, 0], [0.1, 0, 0.3, 0, 0.6]])
+    assert [labels[i] for i in decode_bio(switch, allowed)] == ["B-PER", "I-PER"]
+
+
+def test_bio_decoding_is_the_best_valid_sequence():
+    import itertools
+
+    labels = ("O", "B-A", "I-A", "B-B", "I-B")
+    allowed = allowed_transitions(labels)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        probs = rng.dirichlet(np.ones(len(labels)) * 0.5, size=4)
+        best = max(
+            (
+                path
+                for path in itertools.product(range(len(labels)), repeat=4)
+                if allowed[0, path[0]]
+                and all(allowed[a + 1, b] for a, b in itertools.pairwise(path))
+            ),
+            key=lambda path: np.prod(probs[np.arange(4), path]),
+        )
+        assert tuple(decode_bio(probs, allowed)) == best
 
 
 def oracle_logits(windows, words, tag_of, labels, edge_tag="O"):

@@ -5,10 +5,15 @@ CoNLL tokens and raw text are split the same way, so the service's entities are 
 spans that evaluation scored. Every sentence is read whole, in overlapping windows
 when it is longer than one; `tag_words` picks each word's tag from the window where it
 has the most context, and `extract_entities` turns tagged words into character spans.
+
+Tags are BIO, read as seqeval and conlleval read them. Training targets are IOB2 (an I-
+that starts an entity in IOB1 data is written B-: the same entities), so the decoder may
+forbid what IOB2 never holds: an I-X after O, at the start, or after another type.
 """
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,9 +35,10 @@ class NerTask(Task):
     output_names = ("logits",)
 
     def label_list(self, train_examples: Sequence[NerExample]) -> list[str]:
-        tags = {tag for ex in train_examples for tag in ex.tags}
-        # A token split in several words gives them I- tags: every type has one.
-        tags |= {f"I-{tag[2:]}" for tag in tags if tag != "O"}
+        types = {tag[2:] for ex in train_examples for tag in ex.tags if tag != "O"}
+        # Every type has both: a token split in several words gives its later words I-,
+        # and an IOB1 file's entities are trained as IOB2 (B- first).
+        tags = {f"{prefix}-{kind}" for kind in types for prefix in "BI"}
         # "O" first, then entity types with B- before I- (a stable, readable order).
         return ["O"] + sorted(tags - {"O"}, key=lambda t: (t[2:], t[0]))
 
@@ -83,14 +89,26 @@ def tagged_words(tokens: Sequence[str], tags: Sequence[str]) -> tuple[list[str],
     The rule is chosen for the whole sentence, so these are the words of its raw text
     (tokens joined as `join_tokens` joins them). A token split in several words
     (`U.S.` -> U . S .) keeps its tag on the first and gives the others I- of its type.
+    Tags come out IOB2: an I- that opens an entity (IOB1) becomes B-.
     """
     per_char = any(has_cjk(token) for token in tokens)
     words, word_tags = [], []
-    for token, tag in zip(tokens, tags, strict=True):
+    for token, tag in zip(tokens, iob2(tags), strict=True):
         for k, (start, end) in enumerate(_spans(token, per_char)):
             words.append(token[start:end])
             word_tags.append(tag if k == 0 or tag == "O" else f"I-{tag[2:]}")
     return words, word_tags
+
+
+def iob2(tags: Sequence[str]) -> list[str]:
+    """BIO tags with every entity opened by B-: the entities seqeval reads are unchanged."""
+    out, previous = [], "O"
+    for tag in tags:
+        if tag.startswith("I-") and previous[2:] != tag[2:]:
+            tag = f"B-{tag[2:]}"
+        out.append(tag)
+        previous = tag
+    return out
 
 
 def _spans(text: str, per_char: bool) -> list[tuple[int, int]]:
@@ -190,20 +208,63 @@ def encode_words(
 def tag_words(logits: np.ndarray, windows: Windows, labels: list[str]) -> list[list[tuple]]:
     """(tag, probability) of every word of every sentence.
 
-    A word's tag is that of its first subword, read in the window where that subword has
-    the most context (the furthest from the window's edges). A word without tokens (all
-    its characters normalized away) is "O".
+    A word's tag distribution is that of its first subword, read in the window where that
+    subword has the most context (the furthest from the window's edges); a word without
+    tokens (all its characters normalized away) is surely "O". The tags of a sentence are
+    its most probable valid IOB2 sequence (`decode_bio`).
     """
     probs = softmax(logits)
     lengths = (windows.word_ids >= 0).sum(axis=1)  # content positions 1..length
-    best = [[(-1, "O", 1.0)] * n for n in windows.word_counts]  # (centrality, tag, prob)
+    surely_o = np.eye(len(labels), dtype=probs.dtype)[labels.index("O")]
+    word_probs = [np.tile(surely_o, (n, 1)) for n in windows.word_counts]
+    centrality = [np.full(n, -1) for n in windows.word_counts]
     for row, pos in zip(*np.nonzero(windows.first), strict=True):
         owner, word = int(windows.owners[row]), int(windows.word_ids[row, pos])
-        centrality = min(pos - 1, lengths[row] - pos)
-        if centrality > best[owner][word][0]:
-            tag_id = int(probs[row, pos].argmax())
-            best[owner][word] = (centrality, labels[tag_id], float(probs[row, pos, tag_id]))
-    return [[(tag, prob) for _, tag, prob in words] for words in best]
+        here = min(pos - 1, lengths[row] - pos)
+        if here > centrality[owner][word]:
+            centrality[owner][word] = here
+            word_probs[owner][word] = probs[row, pos]
+    allowed = allowed_transitions(tuple(labels))
+    tagged = []
+    for sentence in word_probs:
+        tag_ids = decode_bio(sentence, allowed)
+        chosen = sentence[np.arange(len(tag_ids)), tag_ids]
+        tagged.append([(labels[i], float(p)) for i, p in zip(tag_ids, chosen, strict=True)])
+    return tagged
+
+
+@functools.cache  # per label set: the service decodes every request with the same one
+def allowed_transitions(labels: tuple[str, ...]) -> np.ndarray:
+    """[from + 1, to] bool: which tag may follow which in IOB2 (row 0: the sentence start).
+    I-X only continues B-X or I-X."""
+    kinds = [label[2:] if label[:2] in ("B-", "I-") else None for label in labels]
+    allowed = np.ones((len(labels) + 1, len(labels)), dtype=bool)
+    for to, label in enumerate(labels):
+        if label.startswith("I-"):
+            allowed[0, to] = False
+            allowed[1:, to] = [kind == kinds[to] for kind in kinds]
+    return allowed
+
+
+def decode_bio(probs: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """The most probable tag sequence (product of the words' tag probabilities) among those
+    `allowed` permits: Viterbi with forbidden transitions. The per-word argmax when it is
+    valid already (the common case, and then no search is needed)."""
+    best = probs.argmax(axis=1)
+    if len(best) == 0 or (allowed[0, best[0]] and allowed[best[:-1] + 1, best[1:]].all()):
+        return best
+    log_probs = np.log(np.maximum(probs, 1e-30))
+    penalty = np.where(allowed, 0.0, -np.inf)
+    score = log_probs[0] + penalty[0]
+    back = np.zeros(probs.shape, dtype=np.int64)
+    for i in range(1, len(probs)):
+        candidates = score[:, None] + penalty[1:]  # [from, to]
+        back[i] = candidates.argmax(axis=0)
+        score = candidates[back[i], np.arange(probs.shape[1])] + log_probs[i]
+    path = [int(score.argmax())]
+    for i in range(len(probs) - 1, 0, -1):
+        path.append(int(back[i, path[-1]]))
+    return np.array(path[::-1])
 
 
 # --- serving -------------------------------------------------------------------------
