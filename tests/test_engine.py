@@ -275,6 +275,29 @@ def test_step_batches_every_row_once_per_epoch():
     assert len(set(seen.tolist())) == 96
 
 
+def test_step_batches_grouped_by_length():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 200, size=1000)
+    arrays = {"input_ids": np.arange(1000)[:, None]}
+    batches = StepBatches(arrays, global_batch=10, seed=3, lengths=lengths)
+    plain = StepBatches(arrays, global_batch=10, seed=3)
+    assert batches.steps_per_epoch == 100
+    for epoch in (0, 1):
+        steps = [batches.global_rows(epoch * 100 + k) for k in range(100)]
+        assert sorted(np.concatenate(steps)) == list(range(1000))  # every row once
+        # Computed positions (each batch cut to its longest row) shrink several-fold.
+        grouped = sum(lengths[rows].max() for rows in steps)
+        random = sum(lengths[plain.global_rows(epoch * 100 + k)].max() for k in range(100))
+        assert grouped < random / 1.5  # uniform lengths: ~105 vs ~183 a batch
+    # The batches come in shuffled order, not longest first, and epochs differ.
+    longest = [lengths[batches.global_rows(k)].max() for k in range(100)]
+    assert longest != sorted(longest, reverse=True)
+    assert not np.array_equal(batches.global_rows(0), batches.global_rows(100))
+    # A pure function of (seed, step): a fresh object (a resumed run) sees the same rows.
+    again = StepBatches(arrays, global_batch=10, seed=3, lengths=lengths)
+    assert np.array_equal(again.global_rows(137), batches.global_rows(137))
+
+
 def test_step_batches_read_only_the_ranks_rows_and_give_their_positions():
     calls = []
 
