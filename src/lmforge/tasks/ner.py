@@ -14,6 +14,7 @@ forbid what IOB2 never holds: an I-X after O, at the start, or after another typ
 from __future__ import annotations
 
 import functools
+import itertools
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -213,23 +214,25 @@ def tag_words(logits: np.ndarray, windows: Windows, labels: list[str]) -> list[l
     tokens (all its characters normalized away) is surely "O". The tags of a sentence are
     its most probable valid IOB2 sequence (`decode_bio`).
     """
-    probs = softmax(logits)
+    rows, positions = np.nonzero(windows.first)
     lengths = (windows.word_ids >= 0).sum(axis=1)  # content positions 1..length
-    surely_o = np.eye(len(labels), dtype=probs.dtype)[labels.index("O")]
-    word_probs = [np.tile(surely_o, (n, 1)) for n in windows.word_counts]
-    centrality = [np.full(n, -1) for n in windows.word_counts]
-    for row, pos in zip(*np.nonzero(windows.first), strict=True):
-        owner, word = int(windows.owners[row]), int(windows.word_ids[row, pos])
-        here = min(pos - 1, lengths[row] - pos)
-        if here > centrality[owner][word]:
-            centrality[owner][word] = here
-            word_probs[owner][word] = probs[row, pos]
+    centrality = np.minimum(positions - 1, lengths[rows] - positions)
+    offsets = np.concatenate([[0], np.cumsum(windows.word_counts)])
+    words = offsets[windows.owners[rows]] + windows.word_ids[rows, positions]
+    # Per word, the most central of its readings: sort by word, then centrality descending.
+    order = np.lexsort((-centrality, words))
+    words, first_reading = np.unique(words[order], return_index=True)
+    picked = order[first_reading]
+    word_probs = np.zeros((offsets[-1], len(labels)), dtype=np.float32)
+    word_probs[:, labels.index("O")] = 1.0
+    word_probs[words] = softmax(logits[rows[picked], positions[picked]])
     allowed = allowed_transitions(tuple(labels))
     tagged = []
-    for sentence in word_probs:
+    for start, end in itertools.pairwise(offsets):
+        sentence = word_probs[start:end]
         tag_ids = decode_bio(sentence, allowed)
-        chosen = sentence[np.arange(len(tag_ids)), tag_ids]
-        tagged.append([(labels[i], float(p)) for i, p in zip(tag_ids, chosen, strict=True)])
+        chosen = sentence[np.arange(len(tag_ids)), tag_ids].tolist()
+        tagged.append([(labels[i], p) for i, p in zip(tag_ids.tolist(), chosen, strict=True)])
     return tagged
 
 
