@@ -18,7 +18,6 @@ from lmforge.tasks.ner import (
     decode_bio,
     encode_texts,
     entities_of,
-    iob2,
     tagged_words,
     word_spans,
 )
@@ -132,16 +131,6 @@ def test_ner_tokens_split_into_words_get_inside_tags():
     words, tags = tagged_words(["U.S.", "Army", "won"], ["B-ORG", "I-ORG", "O"])
     assert words == ["U", ".", "S", ".", "Army", "won"]
     assert tags == ["B-ORG", "I-ORG", "I-ORG", "I-ORG", "I-ORG", "O"]
-
-
-def test_iob1_tags_train_as_iob2_with_the_same_entities():
-    tags = ["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-ORG", "I-LOC"]
-    assert iob2(tags) == ["B-PER", "I-PER", "O", "B-LOC", "B-LOC", "B-ORG", "B-LOC"]
-    assert get_entities(iob2(tags)) == get_entities(tags)
-    # A type seen only as I- (IOB1) still gets its B- label.
-    ex = NerExample(tokens=["Oslo", "is", "cold"], tags=["I-LOC", "O", "O"])
-    assert NerTask().label_list([ex]) == ["O", "B-LOC", "I-LOC"]
-    assert tagged_words(ex.tokens, ex.tags)[1] == ["B-LOC", "O", "O"]
 
 
 def test_bio_decoding_keeps_a_valid_argmax_and_repairs_an_invalid_one():

@@ -6,9 +6,8 @@ spans that evaluation scored. Every sentence is read whole, in overlapping windo
 when it is longer than one; `tag_words` picks each word's tag from the window where it
 has the most context, and `extract_entities` turns tagged words into character spans.
 
-Tags are BIO, read as seqeval and conlleval read them. Training targets are IOB2 (an I-
-that starts an entity in IOB1 data is written B-: the same entities), so the decoder may
-forbid what IOB2 never holds: an I-X after O, at the start, or after another type.
+Tags are IOB2 (`NerExample`: the readers convert IOB1), so the decoder may forbid what
+IOB2 never holds: an I-X after O, at the start of a sentence, or after another type.
 """
 
 from __future__ import annotations
@@ -36,10 +35,9 @@ class NerTask(Task):
     output_names = ("logits",)
 
     def label_list(self, train_examples: Sequence[NerExample]) -> list[str]:
-        types = {tag[2:] for ex in train_examples for tag in ex.tags if tag != "O"}
-        # Every type has both: a token split in several words gives its later words I-,
-        # and an IOB1 file's entities are trained as IOB2 (B- first).
-        tags = {f"{prefix}-{kind}" for kind in types for prefix in "BI"}
+        tags = {tag for ex in train_examples for tag in ex.tags}
+        # A token split in several words gives them I- tags: every type has one.
+        tags |= {f"I-{tag[2:]}" for tag in tags if tag != "O"}
         # "O" first, then entity types with B- before I- (a stable, readable order).
         return ["O"] + sorted(tags - {"O"}, key=lambda t: (t[2:], t[0]))
 
@@ -90,26 +88,14 @@ def tagged_words(tokens: Sequence[str], tags: Sequence[str]) -> tuple[list[str],
     The rule is chosen for the whole sentence, so these are the words of its raw text
     (tokens joined as `join_tokens` joins them). A token split in several words
     (`U.S.` -> U . S .) keeps its tag on the first and gives the others I- of its type.
-    Tags come out IOB2: an I- that opens an entity (IOB1) becomes B-.
     """
     per_char = any(has_cjk(token) for token in tokens)
     words, word_tags = [], []
-    for token, tag in zip(tokens, iob2(tags), strict=True):
+    for token, tag in zip(tokens, tags, strict=True):
         for k, (start, end) in enumerate(_spans(token, per_char)):
             words.append(token[start:end])
             word_tags.append(tag if k == 0 or tag == "O" else f"I-{tag[2:]}")
     return words, word_tags
-
-
-def iob2(tags: Sequence[str]) -> list[str]:
-    """BIO tags with every entity opened by B-: the entities seqeval reads are unchanged."""
-    out, previous = [], "O"
-    for tag in tags:
-        if tag.startswith("I-") and previous[2:] != tag[2:]:
-            tag = f"B-{tag[2:]}"
-        out.append(tag)
-        previous = tag
-    return out
 
 
 def _spans(text: str, per_char: bool) -> list[tuple[int, int]]:
