@@ -106,6 +106,23 @@ TIMING_KEYS = {"tokens_per_second", "train_seconds", "speedup_int8_vs_torch"}
 TIMED_DIRS = ("metrics/", "plots/", "checkpoints/")
 REFRESH = "run `dvc repro` on a clean clone and commit dvc.lock, metrics/ and plots/"
 
+# Trained weights are bit for bit the same only on CPUs with the same vector instructions:
+# AVX-512 changes torch's float kernels and onnxruntime's int8 ones (VNNI). The committed
+# lock was made on a CPU without AVX-512 (AMD EPYC, AVX2): set this to what yours has when
+# you refresh it. On another kind of CPU, the entries that do not depend on float results
+# (commands, params, code and data hashes, the outputs of the stages before training) are
+# still compared; the trained models and their metrics are not.
+LOCK_CPU_HAS_AVX512 = False
+TRAINED_PATHS = ("artifacts/pretrained", "artifacts/finetuned", "artifacts/serving", "checkpoints/")
+
+
+def _cpu_has_avx512() -> bool:
+    cpuinfo = Path("/proc/cpuinfo")
+    return cpuinfo.is_file() and " avx512f" in cpuinfo.read_text()
+
+
+SAME_CPU_AS_LOCK = _cpu_has_avx512() == LOCK_CPU_HAS_AVX512
+
 
 def _is_timing(key: str) -> bool:
     return key in TIMING_KEYS or key.endswith("_ms")
@@ -119,9 +136,10 @@ def _without_timings(value):
 
 def _lock_without_timed_hashes(path: Path) -> dict:
     lock = yaml.safe_load(path.read_text())
+    unhashed = TIMED_DIRS if SAME_CPU_AS_LOCK else TIMED_DIRS + TRAINED_PATHS
     for entry in lock["stages"].values():
         for item in entry.get("deps", []) + entry.get("outs", []):
-            if item["path"].startswith(TIMED_DIRS):
+            if item["path"].startswith(unhashed):
                 item.pop("md5", None)
                 item.pop("size", None)
     return lock
@@ -136,6 +154,7 @@ def test_committed_lock_is_what_a_clean_repro_gives(pipeline):
     assert not drifted, f"dvc.lock drifted in {drifted}: {REFRESH}"
 
 
+@pytest.mark.skipif(not SAME_CPU_AS_LOCK, reason="trained on another kind of CPU than the lock")
 def test_committed_metrics_are_what_a_clean_repro_gives(pipeline):
     names = sorted(
         str(p.relative_to(REPO))
