@@ -113,7 +113,7 @@ REFRESH = "run `dvc repro` on a clean clone and commit dvc.lock, metrics/ and pl
 # (commands, params, code and data hashes, the outputs of the stages before training) are
 # still compared; the trained models and their metrics are not.
 LOCK_CPU_HAS_AVX512 = False
-TRAINED_PATHS = ("artifacts/pretrained", "artifacts/finetuned", "artifacts/serving", "checkpoints/")
+TRAINED_PATHS = ("artifacts/pretrained", "artifacts/finetuned", "artifacts/serving")  # + TIMED_DIRS
 
 
 def _cpu_has_avx512() -> bool:
