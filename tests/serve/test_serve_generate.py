@@ -227,7 +227,21 @@ def test_missing_folder_is_not_ready(tmp_path, start_service):
         assert r.status_code == 503 and r.json()["error"]["code"] == "model_unavailable"
 
 
-def test_client_that_goes_away_stops_its_generation(gen):
+def test_client_that_goes_away_stops_its_generation(gen, serving, monkeypatch):
+    # Decoding slowed to 50 ms a token with end-of-text never drawn: the 48 tokens take
+    # over 2 s, so the hang-up always lands mid-generation. At full speed a fast CPU
+    # finished (or sampled eos) in ~7 ms, before the disconnect was seen, and this failed.
+    eos = json.loads((serving / "generation" / "manifest.json").read_text())["eos_token_id"]
+    forward = Decoder.forward
+
+    def slow_forward(self, input_ids, cache):
+        logits, grown = forward(self, input_ids, cache)
+        time.sleep(0.05)
+        logits[..., eos] = -np.inf
+        return logits, grown
+
+    monkeypatch.setattr(Decoder, "forward", slow_forward)
+
     def cancelled() -> float:
         for line in gen.get("/metrics").text.splitlines():
             if line.startswith("lmforge_generation_cancelled_total"):
