@@ -224,11 +224,11 @@ def checkpoint_run(work: Path, name: str, preset: dict, tasks: Sequence[str], en
     return {"repo": str(repo), "seconds": seconds, "finetune": metrics, "pretrain": pretrain}
 
 
-def run_peer(task: str, direct: dict, preset: dict, work: Path, env: dict) -> dict:
-    """bench/hf_trainer_peer.py on the direct run's prepared data and checkpoint, on the share
-    of the training set (one epoch of it) that the lmforge fine-tune's epochs cover."""
+def run_peer(task: str, repo: Path, preset: dict, work: Path, env: dict) -> dict:
+    """bench/hf_trainer_peer.py on the direct run's prepared data and checkpoint (`repo`'s
+    data/prepared and artifacts/pretrained), on the share of the training set (one epoch
+    of it) that the lmforge fine-tune's epochs cover."""
     cfg = preset["finetune"][task]
-    repo = Path(direct["repo"])
     command = [
         sys.executable, str(REPO / "bench" / "hf_trainer_peer.py"), task,
         "--pretrained", str(repo / "artifacts/pretrained"),
@@ -252,7 +252,8 @@ def run_peer(task: str, direct: dict, preset: dict, work: Path, env: dict) -> di
 
 def run_checkpoint_rows(args, env: dict) -> dict:
     """The direct run on every task; beside it (the second core) the peer runs, then the
-    continued-pretraining run on its tasks."""
+    continued-pretraining run on its tasks. The peer starts once the direct run's data
+    and checkpoint are in place, alongside the direct fine-tunes."""
     from lmforge.checkpoints import unpack_minilm
 
     work = args.work or Path(tempfile.gettempdir()) / "lmforge-quality" / "checkpoint"
@@ -269,13 +270,20 @@ def run_checkpoint_rows(args, env: dict) -> dict:
     continued_preset = copy.deepcopy(preset)
     continued_preset["pretrain"]["max_steps"] = args.continued_steps
     out: dict = {"peer": {}}
+    # The peer needs only the direct run's prepared data and checkpoint: with those made
+    # first, the peer trains beside lmforge's fine-tunes, both under the same load.
+    imported = checkpoint_run(work, "direct", direct_preset, [], env)
+    # ... copied, because `dvc repro` in the direct repo re-links its outputs as it checks them.
+    peer_inputs = work / "peer-inputs"
+    for folder in ("artifacts/pretrained", "data/prepared"):
+        shutil.rmtree(peer_inputs / folder, ignore_errors=True)
+        shutil.copytree(Path(imported["repo"]) / folder, peer_inputs / folder)
     with ThreadPoolExecutor(2) as pool:
         direct = pool.submit(checkpoint_run, work, "direct", direct_preset, args.tasks, env)
 
         def second_core() -> None:
-            done = direct.result() if args.peer_tasks else None
             for task in args.peer_tasks:
-                out["peer"][task] = run_peer(task, done, direct_preset, work, env)
+                out["peer"][task] = run_peer(task, peer_inputs, direct_preset, work, env)
             if args.continued_steps and args.continued_tasks:
                 out["continued"] = checkpoint_run(
                     work, "continued", continued_preset, args.continued_tasks, env
@@ -283,6 +291,7 @@ def run_checkpoint_rows(args, env: dict) -> dict:
 
         beside = pool.submit(second_core)
         out["direct"] = direct.result()
+        out["direct"]["seconds"]["pretrain"] = imported["seconds"]["pretrain"]  # not the no-op
         beside.result()
     out["preset"] = {k: preset[k] for k in ("model", "finetune")}
     out["preset"]["continued_pretrain"] = continued_preset["pretrain"]
@@ -588,6 +597,10 @@ def main() -> None:
     parser.add_argument("--continued-steps", type=int, default=0, help="0: no continued row")
     parser.add_argument("--continued-tasks", nargs="*", choices=TASKS, default=[])
     parser.add_argument("--peer-tasks", nargs="*", choices=TASKS, default=[])
+    parser.add_argument(
+        "--merge", nargs="+", type=Path, default=None, metavar="RUN_JSON",
+        help="with --checkpoint: no run, one report from earlier runs' <work>/run.json",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.scale <= 0:
         parser.error("--scale must be positive")
@@ -643,20 +656,40 @@ def main() -> None:
     print(json.dumps(result))
 
 
+def merge_runs(paths: Sequence[Path]) -> dict:
+    """Several checkpoint runs (each its work folder's run.json) as one report's input: each
+    task's rows come from the last run that measured them."""
+    merged: dict = {"peer": {}, "runs": []}
+    for path in paths:
+        run = json.loads(path.read_text(encoding="utf-8"))
+        merged["runs"].append({"run": str(path), "preset": run.get("preset")})
+        merged["peer"].update(run["peer"])
+        for name in ("direct", "continued"):
+            if name in run:
+                part = merged.setdefault(name, {"finetune": {}, "seconds": {}})
+                part["finetune"].update(run[name]["finetune"])
+                part["seconds"].update(run[name]["seconds"])
+    return merged
+
+
 def main_checkpoint(args) -> None:
     began, load_before = time.perf_counter(), _load()
-    env = stage_env(args.threads)
-    try:
-        run = run_checkpoint_rows(args, env)
-    except StageFailed as exc:
-        sys.exit(str(exc))
-    reference = json.loads((args.out / "quality.json").read_text(encoding="utf-8"))
+    if args.merge:
+        run = merge_runs(args.merge)
+        footer = "\nMerged from " + ", ".join(str(p) for p in args.merge) + ".\n"
+    else:
+        try:
+            run = run_checkpoint_rows(args, stage_env(args.threads))
+        except StageFailed as exc:
+            sys.exit(str(exc))
+        footer = (
+            f"\nMachine: {os.cpu_count()} CPUs, two processes at a time with {args.threads} "
+            f"torch thread(s) each, load average {load_before} before and {_load()} after; "
+            f"{round(time.perf_counter() - began)} s in all.\n"
+        )
+    reference = json.loads((REPO / "bench/results/quality.json").read_text(encoding="utf-8"))
     report, text = checkpoint_report(run, reference)
-    text += (
-        f"\nMachine: {os.cpu_count()} CPUs, two processes at a time with {args.threads} torch "
-        f"thread(s) each, load average {load_before} before and {_load()} after; "
-        f"{round(time.perf_counter() - began)} s in all.\n"
-    )
+    text += footer
     result = {**run, **report, "total_seconds": round(time.perf_counter() - began, 1)}
     args.out.mkdir(parents=True, exist_ok=True)
     _write(args.out / "quality-checkpoint.json", json.dumps(result, indent=2) + "\n")

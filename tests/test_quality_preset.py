@@ -138,3 +138,43 @@ def test_table_and_goals():
         "ner: pretrained beats random by > 5 points f1": False,
         "classification: transformer beats TF-IDF + LR accuracy": True,
     }
+
+
+def test_checkpoint_runs_merge_into_one_report(tmp_path):
+    """bench/quality.py --checkpoint --merge: rows of several runs in one table; a task
+    measured twice takes the last run's figures, continued and peer rows their own goals."""
+    import json
+
+    bench = load_bench()
+    first = {
+        "peer": {"ner": {"f1": 0.88, "steps": 10, "wall_seconds": 500.0}},
+        "direct": {"finetune": {"ner": {"f1": 0.87}}, "seconds": {"finetune.ner": 400.0}},
+    }
+    second = {
+        "peer": {"ner": {"f1": 0.88, "steps": 10, "wall_seconds": 490.0}},
+        "direct": {
+            "finetune": {"ner": {"f1": 0.89}, "qa": {"f1": 0.5, "exact_match": 0.4}},
+            "seconds": {"finetune.ner": 450.0, "finetune.qa": 900.0},
+        },
+        "continued": {
+            "finetune": {"ner": {"f1": 0.893}},
+            "seconds": {"pretrain": 600.0, "finetune.ner": 450.0},
+        },
+    }
+    paths = []
+    for i, run in enumerate((first, second)):
+        paths.append(tmp_path / f"run{i}.json")
+        paths[-1].write_text(json.dumps(run))
+    reference = {"finetune": {"ner": {"pretrained": {"f1": 0.68}, "random": {"f1": 0.70}}}}
+    report, text = bench.checkpoint_report(bench.merge_runs(paths), reference)
+    ner = next(row for row in report["rows"] if row["task"] == "ner")
+    assert (ner["checkpoint"], ner["checkpoint_s"], ner["peer_s"]) == (0.89, 450.0, 490.0)
+    assert ner["continued_s"] == 1050.0
+    assert report["goals"] == {
+        "ner: checkpoint beats every from-scratch row and TF-IDF (f1)": True,
+        "ner: continued pretraining adds >= 0.5 points": False,  # +0.3 points
+        "ner: lmforge beats the HF Trainer peer in no more wall time": True,
+        "qa: checkpoint beats every from-scratch row and TF-IDF (f1)": True,
+        "qa: F1 >= 0.45 from the checkpoint": True,
+    }
+    assert "| ner | f1 | 0.6800 | 0.7000 | — | 0.8900 (450 s) | 0.8930 (1050 s) |" in text
