@@ -106,22 +106,31 @@ TIMING_KEYS = {"tokens_per_second", "train_seconds", "speedup_int8_vs_torch"}
 TIMED_DIRS = ("metrics/", "plots/", "checkpoints/")
 REFRESH = "run `dvc repro` on a clean clone and commit dvc.lock, metrics/ and plots/"
 
-# Trained weights are bit for bit the same only on CPUs with the same vector instructions:
-# AVX-512 changes torch's float kernels and onnxruntime's int8 ones (VNNI). The committed
-# lock was made on a CPU without AVX-512 (AMD EPYC, AVX2): set this to what yours has when
-# you refresh it. On another kind of CPU, the entries that do not depend on float results
+# Trained weights are bit for bit the same only on CPUs of the same kind: AVX-512 changes
+# torch's float kernels, VNNI and AMX onnxruntime's int8 ones, and the vendors' chips differ
+# again (an AVX2 lock did not reproduce on an AVX-512 EPYC). The committed lock records the
+# CPU that made it; whoever refreshes the lock sets LOCK_CPU to what `cpu_kind()` gives on
+# theirs. On another kind of CPU, the entries that do not depend on float results
 # (commands, params, code and data hashes, the outputs of the stages before training) are
 # still compared; the trained models and their metrics are not.
-LOCK_CPU_HAS_AVX512 = False
+LOCK_CPU = ("GenuineIntel", ("amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx_vnni"))
+KIND_FLAGS = ("amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx_vnni")
 TRAINED_PATHS = ("artifacts/pretrained", "artifacts/finetuned", "artifacts/serving")  # + TIMED_DIRS
 
 
-def _cpu_has_avx512() -> bool:
+def cpu_kind() -> tuple[str, tuple[str, ...]]:
+    """(vendor, which of KIND_FLAGS it has), read from the first CPU in /proc/cpuinfo."""
     cpuinfo = Path("/proc/cpuinfo")
-    return cpuinfo.is_file() and " avx512f" in cpuinfo.read_text()
+    first = cpuinfo.read_text().split("\n\n")[0] if cpuinfo.is_file() else ""
+    fields = dict(
+        (key.strip(), value.strip())
+        for key, value in (line.split(":", 1) for line in first.splitlines() if ":" in line)
+    )
+    flags = set(fields.get("flags", "").split())
+    return fields.get("vendor_id", ""), tuple(f for f in sorted(KIND_FLAGS) if f in flags)
 
 
-SAME_CPU_AS_LOCK = _cpu_has_avx512() == LOCK_CPU_HAS_AVX512
+SAME_CPU_AS_LOCK = cpu_kind() == LOCK_CPU
 
 
 def _is_timing(key: str) -> bool:

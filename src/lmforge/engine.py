@@ -225,8 +225,9 @@ class StepBatches:
     With `lengths` (fine-tuning: rows of very different lengths), batches group rows of
     similar length, as `transformers`' `group_by_length`: each pool of `LENGTH_POOL`
     shuffled batches is sorted by length and cut into batches, and the batches of the
-    epoch are shuffled. Every batch is cut to its longest row, so less padding is computed
-    (Resume NER: 3.1x fewer positions than random batches).
+    epoch are shuffled. Every batch is cut to its longest row, so less padding is computed:
+    2.99x fewer positions than random batches on Resume NER, 1.53x on SQuAD's 256-token
+    QA windows (batch 16), whose contexts are mostly shorter than a window.
     """
 
     LENGTH_POOL = 50  # batches per sorted pool (transformers' megabatch is 50 too)

@@ -59,7 +59,7 @@ def run_finetune(
     torch.manual_seed(seed)  # the random head (and, for init: random, the whole model)
     model = task_model(task.auto_model, cfg.init, pretrained_dir, labels)
     arrays = {**train_features.inputs, **train_features.targets}
-    lengths = train_features.inputs["attention_mask"].sum(axis=1) if task.group_by_length else None
+    lengths = train_features.inputs["attention_mask"].sum(axis=1)  # batches of similar length
     batches = StepBatches(arrays, cfg.micro_batch_size * cfg.grad_accum, seed, lengths=lengths)
     total_steps = max(1, math.ceil(cfg.epochs * batches.steps_per_epoch))
     settings = engine_settings(cfg, total_steps, seed, f"finetune.{task_name}")

@@ -36,8 +36,6 @@ class Task(ABC):
     metric_name: str  # the headline metric compress compares across runtimes
     auto_model: str  # transformers Auto class that builds the task model
     output_names: tuple[str, ...]  # model outputs, in ONNX order
-    # Training batches group rows of similar length (StepBatches): less padding computed.
-    group_by_length: bool = True
 
     @abstractmethod
     def label_list(self, train_examples: Sequence[Any]) -> list[str]:

@@ -33,9 +33,6 @@ class QaTask(Task):
     metric_name = "f1"
     auto_model = "AutoModelForQuestionAnswering"
     output_names = ("start_logits", "end_logits")
-    # Most windows are full (little padding to save: 1.13x on CMRC), and the windows of one
-    # long context, all of one length, would fill batches together.
-    group_by_length = False
 
     def label_list(self, train_examples: Sequence[QaExample]) -> list[str]:
         return []
