@@ -16,6 +16,7 @@ the amount of data an lmforge run of `epochs: <fraction>` sees. Prints one JSON 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import tempfile
@@ -42,6 +43,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
+    if importlib.util.find_spec("accelerate") is None:  # transformers' Trainer needs it
+        sys.exit("bench/hf_trainer_peer.py needs accelerate: pip install -e '.[bench]'")
     result = run_peer(args)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
