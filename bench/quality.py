@@ -690,7 +690,9 @@ def main_checkpoint(args) -> None:
     reference = json.loads((REPO / "bench/results/quality.json").read_text(encoding="utf-8"))
     report, text = checkpoint_report(run, reference)
     text += footer
-    result = {**run, **report, "total_seconds": round(time.perf_counter() - began, 1)}
+    result = {**run, **report}
+    if not args.merge:  # a merge's own seconds are no run's
+        result["total_seconds"] = round(time.perf_counter() - began, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     _write(args.out / "quality-checkpoint.json", json.dumps(result, indent=2) + "\n")
     _write(args.out / "quality-checkpoint.md", text)
