@@ -209,19 +209,26 @@ def run_pipeline(work: Path, preset: dict, tasks: Sequence[str], env: dict, para
 def checkpoint_run(work: Path, name: str, preset: dict, tasks: Sequence[str], env: dict) -> dict:
     """One variant in its own scratch repository: pretrain (continued or none), then
     each task's finetune, each a timed `dvc repro`."""
+    return with_finetunes(pretrain_run(work, name, preset, env), tasks, env)
+
+
+def pretrain_run(work: Path, name: str, preset: dict, env: dict) -> dict:
+    """The scratch repository `work/name` with `preset` as params, up to its pretrain stage."""
     repo = work / name
     scratch_repo(repo)  # every run: the copy gets this checkout's code, DVC keeps what is done
     write_params(repo, preset)
-    logs = work / "logs"
-    seconds = {"pretrain": dvc_repro("pretrain", repo, env, logs)}  # + prepare, import, tokenize
-    for task in sorted(tasks, key=FINETUNE_ORDER.index):
-        seconds[f"finetune.{task}"] = dvc_repro(f"finetune@{task}", repo, env, logs)
-    metrics = {
-        task: json.loads((repo / "metrics/finetune" / f"{task}.json").read_text(encoding="utf-8"))
-        for task in tasks
-    }
+    seconds = {"pretrain": dvc_repro("pretrain", repo, env, work / "logs")}  # + prepare, tokenize
     pretrain = json.loads((repo / "metrics/pretrain.json").read_text(encoding="utf-8"))
-    return {"repo": str(repo), "seconds": seconds, "finetune": metrics, "pretrain": pretrain}
+    return {"repo": str(repo), "seconds": seconds, "finetune": {}, "pretrain": pretrain}
+
+
+def with_finetunes(run: dict, tasks: Sequence[str], env: dict) -> dict:
+    """`run` (a pretrain_run) with each task's finetune in its repository, timed."""
+    repo = Path(run["repo"])
+    done = finetune_runs(repo, tasks, env, repo.parent / "logs")
+    run["seconds"].update({f"finetune.{task}": s for task, s in done["seconds"].items()})
+    run["finetune"].update(done["metrics"])
+    return run
 
 
 def run_peer(task: str, repo: Path, preset: dict, work: Path, env: dict) -> dict:
@@ -272,14 +279,14 @@ def run_checkpoint_rows(args, env: dict) -> dict:
     out: dict = {"peer": {}}
     # The peer needs only the direct run's prepared data and checkpoint: with those made
     # first, the peer trains beside lmforge's fine-tunes, both under the same load.
-    imported = checkpoint_run(work, "direct", direct_preset, [], env)
+    imported = pretrain_run(work, "direct", direct_preset, env)
     # ... copied, because `dvc repro` in the direct repo re-links its outputs as it checks them.
     peer_inputs = work / "peer-inputs"
     for folder in ("artifacts/pretrained", "data/prepared"):
         shutil.rmtree(peer_inputs / folder, ignore_errors=True)
         shutil.copytree(Path(imported["repo"]) / folder, peer_inputs / folder)
     with ThreadPoolExecutor(2) as pool:
-        direct = pool.submit(checkpoint_run, work, "direct", direct_preset, args.tasks, env)
+        direct = pool.submit(with_finetunes, imported, args.tasks, env)
 
         def second_core() -> None:
             for task in args.peer_tasks:
@@ -291,7 +298,6 @@ def run_checkpoint_rows(args, env: dict) -> dict:
 
         beside = pool.submit(second_core)
         out["direct"] = direct.result()
-        out["direct"]["seconds"]["pretrain"] = imported["seconds"]["pretrain"]  # not the no-op
         beside.result()
     out["preset"] = {k: preset[k] for k in ("model", "finetune")}
     out["preset"]["continued_pretrain"] = continued_preset["pretrain"]
