@@ -358,3 +358,29 @@ def test_unk_rate_counts_unknown_characters_among_text_tokens(tmp_path):
     blocks, _ = open_blocks(tmp_path, "validation")
     # Blocks of 4: 北 京 工 作 | [SEP] [UNK] [UNK] 工: 7 text tokens, 2 of them [UNK]
     assert unk_rate(tokenizer, blocks) == pytest.approx(2 / 7)
+
+
+# --- the task model's dropout ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("init", ["pretrained", "random"])
+def test_finetune_dropout_replaces_the_pretrained_models(tmp_path, init):
+    """finetune.<task>.dropout sets every hidden-layer dropout of the task model (the
+    classifier's too); null keeps the pretrained config's; attention dropout is untouched."""
+    import torch
+    from transformers import BertForMaskedLM
+
+    from lmforge.config import ModelConfig
+    from lmforge.modeling import bert_config, task_model
+    from support import TINY_MODEL
+
+    shape = ModelConfig(**{**TINY_MODEL, "dropout": 0.1, "attention_dropout": 0.05})
+    BertForMaskedLM(bert_config(shape, vocab_size=100)).save_pretrained(tmp_path)
+
+    def rates(dropout):
+        model = task_model("AutoModelForTokenClassification", init, tmp_path, ["O", "B-X"], dropout)
+        assert model.config.id2label == {0: "O", 1: "B-X"}
+        return sorted({m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)})
+
+    assert rates(None) == [0.05, 0.1]
+    assert rates(0.3) == [0.05, 0.3]

@@ -161,6 +161,8 @@ class TaskTrainConfig(EngineConfig):
     init: Literal["pretrained", "random"] = "pretrained"
     epochs: float = 3.0
     max_seq_len: int = 128
+    # Hidden-layer dropout while fine-tuning; null: the pretrained model's (model.dropout).
+    dropout: float | None = None
 
 
 @dataclass

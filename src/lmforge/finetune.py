@@ -57,7 +57,7 @@ def run_finetune(
     )  # fmt: skip
 
     torch.manual_seed(seed)  # the random head (and, for init: random, the whole model)
-    model = task_model(task.auto_model, cfg.init, pretrained_dir, labels)
+    model = task_model(task.auto_model, cfg.init, pretrained_dir, labels, cfg.dropout)
     arrays = {**train_features.inputs, **train_features.targets}
     lengths = train_features.inputs["attention_mask"].sum(axis=1)  # batches of similar length
     batches = StepBatches(arrays, cfg.micro_batch_size * cfg.grad_accum, seed, lengths=lengths)

@@ -23,6 +23,9 @@ from transformers.utils import ModelOutput
 from lmforge.config import ModelConfig
 from lmforge.tokenizer import EOS
 
+# The config key of each architecture's hidden-layer (not attention) dropout.
+HIDDEN_DROPOUT = {"bert": "hidden_dropout_prob", "gpt2": "resid_pdrop"}
+
 
 def bert_config(model: ModelConfig, vocab_size: int, **extra) -> BertConfig:
     return BertConfig(
@@ -72,23 +75,27 @@ def pretraining_model(model: ModelConfig, tokenizer: Tokenizer) -> torch.nn.Modu
 
 
 def task_model(
-    auto_model: str, init: str, pretrained_dir: Path, labels: list[str]
+    auto_model: str,
+    init: str,
+    pretrained_dir: Path,
+    labels: list[str],
+    dropout: float | None = None,
 ) -> PreTrainedModel:
     """A task head on the pretrained model, or the same architecture from scratch.
 
-    `init: random` is the honest baseline: identical shape, no pretraining.
+    `init: random` is the honest baseline: identical shape, no pretraining. `dropout`
+    replaces the pretrained config's hidden-layer dropout (None keeps it).
     """
     auto_class = getattr(transformers, auto_model)
-    label_kwargs = {}
+    config = AutoConfig.from_pretrained(str(pretrained_dir))
     if labels:
-        label_kwargs = {
-            "num_labels": len(labels),
-            "id2label": dict(enumerate(labels)),
-            "label2id": {label: i for i, label in enumerate(labels)},
-        }
+        config.num_labels = len(labels)
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {label: i for i, label in enumerate(labels)}
+    if dropout is not None:
+        setattr(config, HIDDEN_DROPOUT[config.model_type], dropout)
     if init == "pretrained":
-        return auto_class.from_pretrained(str(pretrained_dir), **label_kwargs)
-    config = AutoConfig.from_pretrained(str(pretrained_dir), **label_kwargs)
+        return auto_class.from_pretrained(str(pretrained_dir), config=config)
     return auto_class.from_config(config)
 
 
