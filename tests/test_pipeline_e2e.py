@@ -113,7 +113,7 @@ REFRESH = "run `dvc repro` on a clean clone and commit dvc.lock, metrics/ and pl
 # theirs. On another kind of CPU, the entries that do not depend on float results
 # (commands, params, code and data hashes, the outputs of the stages before training) are
 # still compared; the trained models and their metrics are not.
-LOCK_CPU = ("GenuineIntel", ("amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx_vnni"))
+LOCK_CPU = ("AuthenticAMD", ("avx512_bf16", "avx512_vnni", "avx512f"))
 KIND_FLAGS = ("amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx_vnni")
 TRAINED_PATHS = ("artifacts/pretrained", "artifacts/finetuned", "artifacts/serving")  # + TIMED_DIRS
 
