@@ -6,11 +6,14 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from seqeval.metrics.sequence_labeling import get_entities
+from transformers import BertForMaskedLM, GPT2LMHeadModel
 
-from lmforge.config import ENCODER_TASKS
+from lmforge.config import ENCODER_TASKS, ModelConfig
 from lmforge.config import TASKS as CONFIG_TASKS
 from lmforge.data.records import ClassificationExample, NerExample, QaExample
+from lmforge.modeling import bert_config, gpt2_config, task_model
 from lmforge.tasks.base import IGNORE_INDEX, Features, trim_padding
 from lmforge.tasks.ner import (
     NerTask,
@@ -33,6 +36,7 @@ from lmforge.tasks.registry import TASKS, get_task
 from lmforge.tasks.script import join_tokens
 from lmforge.tokenizer import train_tokenizer, unk_rate
 from lmforge.tokens import open_blocks, pack_corpus
+from support import TINY_MODEL
 
 TEXTS = [
     "Maria Lopez flew from Paris to Berlin to meet the board of Acme Corporation.",
@@ -363,23 +367,24 @@ def test_unk_rate_counts_unknown_characters_among_text_tokens(tmp_path):
 # --- the task model's dropout ---------------------------------------------------------------
 
 
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
 @pytest.mark.parametrize("init", ["pretrained", "random"])
-def test_finetune_dropout_replaces_the_pretrained_models(tmp_path, init):
+def test_finetune_dropout_replaces_the_pretrained_models(tmp_path, init, arch):
     """finetune.<task>.dropout sets every hidden-layer dropout of the task model (the
-    classifier's too); null keeps the pretrained config's; attention dropout is untouched."""
-    import torch
-    from transformers import BertForMaskedLM
-
-    from lmforge.config import ModelConfig
-    from lmforge.modeling import bert_config, task_model
-    from support import TINY_MODEL
-
+    classifier's, GPT-2's embedding dropout too); null keeps the pretrained config's;
+    attention dropout is untouched."""
     shape = ModelConfig(**{**TINY_MODEL, "dropout": 0.1, "attention_dropout": 0.05})
-    BertForMaskedLM(bert_config(shape, vocab_size=100)).save_pretrained(tmp_path)
+    if arch == "bert":
+        BertForMaskedLM(bert_config(shape, vocab_size=100)).save_pretrained(tmp_path)
+        auto_model, labels = "AutoModelForTokenClassification", ["O", "B-X"]
+    else:
+        GPT2LMHeadModel(gpt2_config(shape, vocab_size=100, eos_id=1)).save_pretrained(tmp_path)
+        auto_model, labels = "AutoModelForCausalLM", []
 
     def rates(dropout):
-        model = task_model("AutoModelForTokenClassification", init, tmp_path, ["O", "B-X"], dropout)
-        assert model.config.id2label == {0: "O", 1: "B-X"}
+        model = task_model(auto_model, init, tmp_path, labels, dropout)
+        if labels:
+            assert model.config.id2label == {0: "O", 1: "B-X"}
         return sorted({m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)})
 
     assert rates(None) == [0.05, 0.1]

@@ -23,8 +23,9 @@ from transformers.utils import ModelOutput
 from lmforge.config import ModelConfig
 from lmforge.tokenizer import EOS
 
-# The config key of each architecture's hidden-layer (not attention) dropout.
-HIDDEN_DROPOUT = {"bert": "hidden_dropout_prob", "gpt2": "resid_pdrop"}
+# The config keys of each architecture's hidden-layer (not attention) dropout: the ones
+# model.dropout sets (bert_config, gpt2_config).
+HIDDEN_DROPOUT = {"bert": ("hidden_dropout_prob",), "gpt2": ("resid_pdrop", "embd_pdrop")}
 
 
 def bert_config(model: ModelConfig, vocab_size: int, **extra) -> BertConfig:
@@ -93,7 +94,8 @@ def task_model(
         config.id2label = dict(enumerate(labels))
         config.label2id = {label: i for i, label in enumerate(labels)}
     if dropout is not None:
-        setattr(config, HIDDEN_DROPOUT[config.model_type], dropout)
+        for key in HIDDEN_DROPOUT[config.model_type]:
+            setattr(config, key, dropout)
     if init == "pretrained":
         return auto_class.from_pretrained(str(pretrained_dir), config=config)
     return auto_class.from_config(config)
