@@ -116,6 +116,16 @@ def export_serving(finetuned_dir: Path, serving_dir: Path) -> None:
     (serving_dir / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
 
 
+def quantize_serving(serving_dir: Path) -> None:
+    """Add model.int8.onnx (the compress stage's default int8 format) and serve it."""
+    from lmforge.compress.quantize import QuantOptions, quantize
+
+    quantize(serving_dir / "model.onnx", serving_dir / "model.int8.onnx", QuantOptions())
+    manifest = json.loads((serving_dir / "manifest.json").read_text(encoding="utf-8"))
+    manifest |= {"model_file": "model.int8.onnx", "quantized": True}
+    (serving_dir / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+
+
 def finetune_small(
     train: list[NerExample],
     validation: list[NerExample],
@@ -152,9 +162,11 @@ def finetune_small(
 
 
 def stage_f1_of_onnx(serving_dir: Path, validation: list[NerExample]) -> float:
-    """The ONNX model scored as the stages score it (task encode + evaluate)."""
+    """The ONNX model scored as the compress stage scores it (task encode + evaluate; an
+    int8 model row by row, unpadded)."""
     import onnxruntime as ort
 
+    from lmforge.tasks.base import run_in_parts, single_rows
     from lmforge.tasks.registry import get_task
     from lmforge.tokenizer import load_tokenizer
 
@@ -166,12 +178,14 @@ def stage_f1_of_onnx(serving_dir: Path, validation: list[NerExample]) -> float:
     features = task.encode(tokenizer, validation, labels, **options)
     session = ort.InferenceSession(str(serving_dir / manifest["model_file"]))
     names = [i.name for i in session.get_inputs()]
-    rows = []
-    for i in range(0, len(features), 64):
-        feed = {n: features.inputs[n][i : i + 64] for n in names}
-        rows.append(session.run(["logits"], feed)[0])
-    width = max(r.shape[1] for r in rows)
-    logits = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows])
+
+    def run(inputs: dict) -> dict:
+        return {"logits": session.run(["logits"], {n: inputs[n] for n in names})[0]}
+
+    rows = len(features)
+    batches = [np.arange(i, min(i + 64, rows)) for i in range(0, rows, 64)]
+    parts = single_rows(rows) if manifest.get("quantized") else batches
+    logits = run_in_parts(run, features.inputs, parts, {"logits"})["logits"]
     return task.evaluate({"logits": logits}, features, validation, labels, **options)["f1"]
 
 

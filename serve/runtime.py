@@ -18,7 +18,13 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from lmforge.tasks import classification, ner, qa
-from lmforge.tasks.base import MODEL_INPUTS, trim_padding
+from lmforge.tasks.base import (
+    MODEL_INPUTS,
+    PAD_LOGIT,
+    run_in_parts,
+    single_rows,
+    trim_padding,
+)
 from lmforge.tasks.registry import get_task
 from lmforge.tokenizer import load_tokenizer
 from serve.batcher import MicroBatcher, Unavailable
@@ -60,11 +66,13 @@ class TaskModel(ABC):
         tokenizer: Tokenizer,
         session: ort.InferenceSession,
         max_batch_tokens: int = 0,
+        int8_rows_alone: bool = True,
     ) -> None:
         self.manifest = manifest
         self.tokenizer = tokenizer
         self.session = session
         self.max_batch_tokens = max_batch_tokens  # 0: one onnxruntime call per batch
+        self.rows_alone = int8_rows_alone and bool(manifest.get("quantized", False))  # run()
         self.labels: list[str] = list(manifest["labels"])
         self.max_seq_len = int(manifest["max_seq_len"])
         self.input_names = [i.name for i in session.get_inputs()]
@@ -100,32 +108,25 @@ class TaskModel(ABC):
         """Output shapes for inputs of [rows, seq], given the manifest's labels."""
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """onnxruntime on `inputs`, in calls of at most `max_batch_tokens` padded tokens.
+        """onnxruntime on `inputs`: an int8 model one row at a time, others in calls of
+        at most `max_batch_tokens` padded tokens.
 
-        Split calls take rows shortest first, each call cut to its own longest row, so
-        short texts batched with long ones are not padded to the long ones' length.
+        An int8 model quantizes its activations with one scale per call, so a row batched
+        with others (or padded) would get logits that depend on its company; alone and
+        unpadded it gets exactly what the compress stage scored. Unpadded rows cost no
+        more than a padded batch (bench/serve_load.py). Split calls take rows shortest
+        first, each call cut to its own longest row, so short texts batched with long
+        ones are not padded to the long ones' length.
         """
         rows, seq = inputs["attention_mask"].shape
+        if self.rows_alone:
+            return run_in_parts(self._run, inputs, single_rows(rows), self.per_token)
         if not self.max_batch_tokens or rows * seq <= self.max_batch_tokens:
             return self._run(inputs)
         lengths = inputs["attention_mask"].sum(axis=1)
         order = np.argsort(lengths, kind="stable")
-        outputs: dict[str, np.ndarray] = {}
-        for chunk in token_chunks(lengths[order], self.max_batch_tokens):
-            picked = order[chunk]
-            longest = max(int(lengths[picked[-1]]), 1)
-            part = self._run({name: value[picked, :longest] for name, value in inputs.items()})
-            for name, value in part.items():
-                per_token = name in self.per_token
-                if name not in outputs:
-                    shape = (rows, seq, *value.shape[2:]) if per_token else (rows, *value.shape[1:])
-                    # Positions past a row's own length are padding: no span may start there.
-                    outputs[name] = np.full(shape, PAD_LOGIT, value.dtype)
-                if per_token:
-                    outputs[name][picked, :longest] = value
-                else:
-                    outputs[name][picked] = value
-        return outputs
+        chunks = token_chunks(lengths[order], self.max_batch_tokens)
+        return run_in_parts(self._run, inputs, [order[c] for c in chunks], self.per_token)
 
     def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {name: inputs[name] for name in self.input_names}
@@ -257,9 +258,6 @@ class Reader(TaskModel):
 MODELS: dict[str, type[TaskModel]] = {m.task: m for m in (Classifier, Tagger, Reader)}
 
 
-PAD_LOGIT = -1e9  # exp() of it is 0, and two of them still add up in float32
-
-
 def token_chunks(lengths: np.ndarray, budget: int) -> list[slice]:
     """Consecutive slices of ascending `lengths`, each within `budget` tokens once padded to
     its longest row (a row over the budget goes alone)."""
@@ -285,7 +283,10 @@ def load_model(task: str, folder: Path, settings: Settings) -> TaskModel:
             raise ModelError(f"{path} is missing")
     tokenizer = _step(folder / "tokenizer.json", load_tokenizer, folder)
     session = _step(model_path, open_session, model_path, settings)
-    model = _step(model_path, MODELS[task], manifest, tokenizer, session, settings.max_batch_tokens)
+    model = _step(
+        model_path, MODELS[task], manifest, tokenizer, session,
+        settings.max_batch_tokens, settings.int8_rows_alone,
+    )  # fmt: skip
     _step(model_path, model.check)
     return model
 

@@ -40,6 +40,12 @@ class Settings(BaseSettings):
         description="Padded tokens per onnxruntime call; a bigger batch runs in several calls, "
         "rows sorted by length (0: one call per batch).",
     )
+    int8_rows_alone: bool = Field(
+        True,
+        description="An int8 model runs each row alone, unpadded, so a text's answer does not "
+        "depend on the requests batched with it (dynamic quantization scales activations per "
+        "call) and equals what compress scored; false: int8 batches run as fp32 ones do.",
+    )
     inline_lone_requests: bool = Field(
         True,
         description="A one-item request that is the only one in flight runs on the event "

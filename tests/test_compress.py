@@ -235,6 +235,33 @@ def test_int8_model_has_dynamic_batch_and_sequence(compressed, task_name):
             assert [o.shape for o in outputs] == [(batch, seq), (batch, seq)]
 
 
+# (QA's fixture window, 32 tokens, is below what the service's load-time check sends.)
+@pytest.mark.parametrize("task_name", ["classification", "ner"])
+def test_the_service_computes_the_int8_outputs_compress_scored(compressed, workspace, task_name):
+    from serve.runtime import load_model
+    from serve.settings import Settings
+
+    _, out = compressed[task_name]
+    task = get_task(task_name)
+    val, _, _ = pipeline.load_validation(
+        task, workspace / "finetuned" / task_name, workspace / "prepared"
+    )
+    val.per_token = {"logits"} if task_name == "ner" else set()
+    scored = val.run_onnx(out / "model.int8.onnx", int8=True)
+    served = load_model(task_name, out, Settings(artifacts=out.parent))
+    inputs = val.features.inputs
+    # In batches of three rows, as the service's micro-batcher could hand them over.
+    parts = [
+        served.run({k: v[i : i + 3] for k, v in inputs.items()})
+        for i in range(0, len(inputs["input_ids"]), 3)
+    ]
+    for name in task.output_names:
+        np.testing.assert_array_equal(np.concatenate([p[name] for p in parts]), scored[name])
+    # A padded batch would not give them: the activation scale depends on the whole call.
+    padded = pipeline.run_batched(pipeline.ort_runner(served.session), inputs, 3)
+    assert any(not np.array_equal(padded[n], scored[n]) for n in task.output_names)
+
+
 def test_no_quantize_ships_fp32(workspace):
     metrics, out = run(workspace, "ner", quantize=False)
     assert not (out / "model.int8.onnx").exists()
