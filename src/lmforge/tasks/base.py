@@ -130,16 +130,22 @@ def run_in_parts(
     inputs: dict[str, np.ndarray],
     parts: Sequence[np.ndarray],
     per_token: Collection[str],
+    map_parts: Callable = map,
 ) -> dict[str, np.ndarray]:
     """`run` on the rows of each part (an array of row indices), each call cut to the
     part's longest row; the outputs come back in row order at the inputs' width, the
-    positions past a row's own length of `per_token` outputs set to PAD_LOGIT."""
+    positions past a row's own length of `per_token` outputs set to PAD_LOGIT.
+    `map_parts` (e.g. a thread pool's map) may run the calls at once."""
     rows, seq = inputs["attention_mask"].shape
     lengths = inputs["attention_mask"].sum(axis=1)
-    outputs: dict[str, np.ndarray] = {}
-    for picked in parts:
+
+    def run_part(picked: np.ndarray) -> dict[str, np.ndarray]:
         longest = max(int(lengths[picked].max()), 1)
-        part = run({name: value[picked, :longest] for name, value in inputs.items()})
+        return run({name: value[picked, :longest] for name, value in inputs.items()})
+
+    outputs: dict[str, np.ndarray] = {}
+    for picked, part in zip(parts, map_parts(run_part, parts), strict=True):
+        longest = max(int(lengths[picked].max()), 1)
         for name, value in part.items():
             token_axis = name in per_token
             if name not in outputs:
