@@ -77,7 +77,11 @@ class TaskModel(ABC):
         self.rows_alone = int8_rows_alone and bool(manifest.get("quantized", False))  # run()
         # Rows alone are small calls that leave cores idle in their serial parts: several
         # at once fill them, as concurrent per-request callers do.
-        self._row_pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="rows")
+        self._row_pool = (
+            ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="rows")
+            if self.rows_alone
+            else None
+        )
         self.labels: list[str] = list(manifest["labels"])
         self.max_seq_len = int(manifest["max_seq_len"])
         self.input_names = [i.name for i in session.get_inputs()]

@@ -79,7 +79,9 @@ class Validation:
         return max_abs_diff(against, outputs, mask, self.per_token)
 
     def evaluate(self, path: Path, fp32: dict[str, np.ndarray]) -> Evaluation:
-        """Metric of the int8 ONNX model at `path` and its mean output error against `fp32`."""
+        """Metric of the ONNX model at `path`, run row by row as an int8 model is (the
+        chooser also scores the fp32 graph this way), and its mean output error against
+        `fp32`."""
         outputs = self.run_onnx(path, int8=True)
         mask = self.features.inputs["attention_mask"].astype(bool)
         errors = []

@@ -139,13 +139,12 @@ def run_in_parts(
     rows, seq = inputs["attention_mask"].shape
     lengths = inputs["attention_mask"].sum(axis=1)
 
-    def run_part(picked: np.ndarray) -> dict[str, np.ndarray]:
+    def run_part(picked: np.ndarray) -> tuple[int, dict[str, np.ndarray]]:
         longest = max(int(lengths[picked].max()), 1)
-        return run({name: value[picked, :longest] for name, value in inputs.items()})
+        return longest, run({name: value[picked, :longest] for name, value in inputs.items()})
 
     outputs: dict[str, np.ndarray] = {}
-    for picked, part in zip(parts, map_parts(run_part, parts), strict=True):
-        longest = max(int(lengths[picked].max()), 1)
+    for picked, (longest, part) in zip(parts, map_parts(run_part, parts), strict=True):
         for name, value in part.items():
             token_axis = name in per_token
             if name not in outputs:
