@@ -52,11 +52,6 @@ def test_default_params_load():
         ({"finetune": {"qa": {"init": "warm"}}}, None, "finetune.qa.init must be one of"),
         ({"pretrain": {"use_cache": True}}, None, "unknown key pretrain.use_cache"),
         (
-            {"model": {"arch": "gpt2"}, "pretrain": {"objective": "electra"}},
-            None,
-            "pretrain.objective: electra pretrains a BERT encoder",
-        ),
-        (
             {"data": {"source": "local", "corpus_includes_task_text": False}},
             "data.local.corpus",
             "data.local.corpus is omitted and data.corpus_includes_task_text is false",

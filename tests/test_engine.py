@@ -38,7 +38,7 @@ from lmforge.engine import (
     resolve_precision,
 )
 from lmforge.errors import ConfigError
-from lmforge.modeling import ReplacedTokenDetection, bert_config, masked_lm
+from lmforge.modeling import bert_config, masked_lm
 from lmforge.pretrain import MlmMasking, build_masking
 from lmforge.tasks.base import IGNORE_INDEX
 from lmforge.tokenizer import load_tokenizer
@@ -671,55 +671,3 @@ def test_zero_stages_train_like_stage_0(reference, runs, tiny_corpus_dirs, zero_
     assert_same_weights(folder, reference, atol=WEIGHT_TOL["zero"])
     if zero_stage == 3:  # parameters are partitioned: the export must gather them
         assert_export_is_the_trained_model(folder)
-
-
-# --- ELECTRA: replaced-token detection ---------------------------------------------------
-
-
-def test_replaced_token_detection_shares_embeddings_and_trains_both_networks():
-    torch.manual_seed(0)
-    config = bert_config(ModelConfig(**TINY_MODEL), vocab_size=50)
-    rtd = ReplacedTokenDetection(masked_lm(config).hf_model)
-    encoder, generator = rtd.hf_model.bert, rtd.generator
-    assert generator.bert.embeddings is encoder.embeddings
-    assert generator.cls.predictions.decoder.weight is encoder.embeddings.word_embeddings.weight
-    assert len(generator.bert.encoder.layer) == max(1, config.num_hidden_layers // 4)
-    ids = torch.randint(5, 50, (4, 16))
-    labels = torch.full_like(ids, IGNORE_INDEX)
-    labels[:, 3:7] = ids[:, 3:7]
-    masked = ids.clone()
-    masked[:, 3:7] = 4  # [MASK]
-    out = rtd(
-        input_ids=masked, attention_mask=torch.ones_like(ids),
-        token_type_ids=torch.zeros_like(ids), labels=labels,
-        sentence_order_label=torch.tensor([0, 1, 0, 1]),
-    )  # fmt: skip
-    parts = out.mlm_loss + 50 * out.replaced_loss + out.order_loss
-    assert float(out.loss.detach()) == pytest.approx(float(parts.detach()), rel=1e-6)
-    out.loss.backward()
-    for name, module in [
-        ("generator layer", generator.bert.encoder.layer[0]),
-        ("encoder layer", encoder.encoder.layer[-1]),
-        ("detector", rtd.detector),
-        ("pooler", encoder.pooler),
-    ]:
-        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters()), name
-
-
-@pytest.mark.parametrize("zero_stage", [0, 2])
-def test_electra_run_exports_a_plain_bert_encoder(reference, runs, tiny_corpus_dirs, zero_stage):
-    folder = new_run(
-        runs / f"electra{zero_stage}",
-        tiny_corpus_dirs,
-        {"pretrain": {"objective": "electra", "zero_stage": zero_stage}},
-    )
-    stage(folder)
-    assert losses(folder)[-1] < losses(folder)[0]
-    assert metrics(folder)["eval_perplexity"] > 1  # the generator's, on held-out masks
-    ours = load_file(folder / "artifacts/pretrained/model.safetensors")
-    mlm = load_file(reference / "artifacts/pretrained/model.safetensors")
-    assert ours.keys() == mlm.keys()  # no generator or detector weights: a plain BERT
-    layer = "bert.encoder.layer.0.attention.self.query.weight"
-    assert not torch.allclose(ours[layer], mlm[layer])
-    model = BertForMaskedLM.from_pretrained(folder / "artifacts/pretrained")
-    assert model.config.num_hidden_layers == TINY_MODEL["num_layers"]

@@ -154,10 +154,6 @@ class PretrainConfig(EngineConfig):
     whole_word_masking: bool = False
     # ALBERT-style sentence-order prediction beside MLM: trains [CLS] and the pooler.
     sentence_order: bool = True
-    # BERT only. mlm: the encoder predicts the masked tokens. electra: a small generator
-    # fills the masked positions and the encoder learns, at every position, whether a
-    # token was replaced (ELECTRA's replaced-token detection: a loss on all tokens).
-    objective: Literal["mlm", "electra"] = "mlm"
 
 
 @dataclass
@@ -342,11 +338,6 @@ def validate(p: Params) -> None:
     _check(p.pretrain.keep_checkpoints >= 1, "pretrain.keep_checkpoints must be at least 1")
     _check(p.pretrain.eval_every > 0, "pretrain.eval_every must be positive")
     _check(0 < p.pretrain.mlm_probability < 1, "pretrain.mlm_probability must be between 0 and 1")
-    _check(
-        p.pretrain.objective == "mlm" or m.arch == "bert",
-        "pretrain.objective: electra pretrains a BERT encoder (model.arch: bert); "
-        "a gpt2 decoder learns next-token prediction (objective: mlm, ignored)",
-    )
     validate_tasks(p)
     for task in p.finetune.tasks:
         cfg: TaskTrainConfig = getattr(p.finetune, task)

@@ -3,7 +3,6 @@ decoder (model.arch), for pretraining and for the tasks."""
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +13,6 @@ from tokenizers import Tokenizer
 from transformers import (
     AutoConfig,
     BertConfig,
-    BertForMaskedLM,
     BertForPreTraining,
     GPT2Config,
     GPT2LMHeadModel,
@@ -108,7 +106,6 @@ class PretrainOutput(ModelOutput):
     loss: torch.Tensor | None = None
     mlm_loss: torch.Tensor | None = None
     order_loss: torch.Tensor | None = None
-    replaced_loss: torch.Tensor | None = None
 
 
 class MaskedPositionsMlm(torch.nn.Module):
@@ -139,67 +136,3 @@ class MaskedPositionsMlm(torch.nn.Module):
         # touches: without it a classifier must learn to pool from scratch.
         order_loss = F.cross_entropy(heads.seq_relationship(pooled), sentence_order_label)
         return PretrainOutput(loss=mlm_loss + order_loss, mlm_loss=mlm_loss, order_loss=order_loss)
-
-
-class ReplacedTokenDetection(torch.nn.Module):
-    """ELECTRA pretraining of a BertForPreTraining (`hf_model`, the discriminator).
-
-    A one-layer-in-four generator, sharing the encoder's embeddings, predicts the masked
-    tokens (masked LM); its samples replace them, and the encoder learns at every position
-    whether the token there is the original. MLM learns from the ~15% of positions that
-    are masked, this from all of them: the ELECTRA paper's gain at small compute. Loss:
-    generator MLM + 50 x replaced-token detection (the paper's weight) + sentence order.
-    `mlm_loss` is the generator's, which is what held-out perplexity then measures.
-    """
-
-    DETECTION_WEIGHT = 50.0
-
-    def __init__(self, hf_model: BertForPreTraining):
-        super().__init__()
-        self.hf_model = hf_model
-        config = copy.deepcopy(hf_model.config)
-        config.num_hidden_layers = max(1, config.num_hidden_layers // 4)
-        self.generator = BertForMaskedLM(config)
-        # Shared embeddings (and the generator's output projection tied to them) are
-        # ELECTRA's choice: the discriminator alone would train only the embeddings of
-        # tokens the generator proposes.
-        self.generator.bert.embeddings = hf_model.bert.embeddings
-        self.generator.cls.predictions.decoder.weight = (
-            hf_model.bert.embeddings.word_embeddings.weight
-        )
-        hidden = config.hidden_size
-        self.detector = torch.nn.Sequential(
-            torch.nn.Linear(hidden, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, 1)
-        )
-
-    def forward(
-        self, input_ids, attention_mask, token_type_ids, labels, sentence_order_label=None
-    ) -> PretrainOutput:
-        selected = labels != -100
-        generated = self.generator.bert(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        )[0]
-        mlm_logits = self.generator.cls(generated[selected])
-        mlm_loss = F.cross_entropy(mlm_logits, labels[selected])
-        original = torch.where(selected, labels, input_ids)
-        with torch.no_grad():
-            sampled = torch.distributions.Categorical(logits=mlm_logits.float()).sample()
-        corrupted = original.clone()
-        corrupted[selected] = sampled
-        hidden, pooled = self.hf_model.bert(
-            input_ids=corrupted, attention_mask=attention_mask, token_type_ids=token_type_ids
-        )[:2]
-        replaced = (corrupted != original).to(hidden.dtype)
-        scores = self.detector(hidden).squeeze(-1)
-        counted = attention_mask.bool()
-        replaced_loss = F.binary_cross_entropy_with_logits(scores[counted], replaced[counted])
-        loss = mlm_loss + self.DETECTION_WEIGHT * replaced_loss
-        order_loss = None
-        if sentence_order_label is not None:
-            order_loss = F.cross_entropy(
-                self.hf_model.cls.seq_relationship(pooled), sentence_order_label
-            )
-            loss = loss + order_loss
-        return PretrainOutput(
-            loss=loss, mlm_loss=mlm_loss, order_loss=order_loss, replaced_loss=replaced_loss
-        )

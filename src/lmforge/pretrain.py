@@ -28,7 +28,7 @@ from lmforge.engine import (
     to_tensors,
 )
 from lmforge.errors import ConfigError
-from lmforge.modeling import ReplacedTokenDetection, pretraining_model
+from lmforge.modeling import pretraining_model
 from lmforge.tasks.base import IGNORE_INDEX
 from lmforge.tokenizer import SPECIAL_TOKENS, load_tokenizer, unk_rate
 from lmforge.tokens import open_blocks
@@ -218,8 +218,6 @@ def run_pretrain(
             start_from, model_cfg.arch, model_cfg.dropout, model_cfg.attention_dropout
         )
         _check_vocab(tokenizer, model, tokenizer_dir)
-    if cfg.objective == "electra":  # the same masked rows; the encoder learns from all
-        model = ReplacedTokenDetection(model.hf_model)
     base = read_json(start_from / MANIFEST)["weights_sha256"] if start_from else None
     run_identity = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _SCHEDULING_ONLY}
     checkpoint = CheckpointSettings(
