@@ -27,7 +27,7 @@ def main() -> None:
     summary = run_tokenize(
         corpus, t.vocab_size, t.min_frequency, t.lowercase, m.max_seq_len,
         args.tokenizer, args.tokens, t.train_sample_mb, num_proc=len(os.sched_getaffinity(0)),
-        checkpoint_dir=start, arch=m.arch,
+        checkpoint_dir=start, arch=m.arch, split_cjk=t.split_cjk,
     )  # fmt: skip
     log.info("tokenized %s", summary)
 

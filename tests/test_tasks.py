@@ -364,6 +364,22 @@ def test_unk_rate_counts_unknown_characters_among_text_tokens(tmp_path):
     assert unk_rate(tokenizer, blocks) == pytest.approx(2 / 7)
 
 
+def test_split_cjk_false_learns_chinese_words_and_still_reads_characters():
+    texts = ["房间很干净，服务不错", "酒店不错，房间很大"] * 5
+    by_char = train_tokenizer(texts, 200, 2, lowercase=True)
+    by_word = train_tokenizer(texts, 200, 2, lowercase=True, split_cjk=False)
+    assert by_char.encode("房间不错", add_special_tokens=False).tokens == list("房间不错")
+    pieces = by_word.encode("房间不错", add_special_tokens=False).tokens
+    assert len(pieces) < 4 and "".join(t.removeprefix("##") for t in pieces) == "房间不错"
+    # NER's words are characters: each is one token of its own, as with split_cjk true.
+    chars = by_word.encode(list("房间不错"), is_pretokenized=True, add_special_tokens=False)
+    assert chars.tokens == list("房间不错")
+    # A run of CJK characters longer than WordPiece's default 100-character word is read,
+    # not turned into one [UNK].
+    long_run = by_word.encode("很" * 150, add_special_tokens=False).tokens
+    assert "[UNK]" not in long_run and len(long_run) == 150
+
+
 # --- the task model's dropout ---------------------------------------------------------------
 
 

@@ -100,6 +100,10 @@ class TokenizeConfig:
     vocab_size: int = 8000
     min_frequency: int = 2
     lowercase: bool = True
+    # true: every CJK character is a word of its own (BERT's rule), so Chinese is read a
+    # character at a time. false: a run of CJK characters is a word like a Latin one, and
+    # WordPiece learns multi-character pieces (Chinese words). BERT only.
+    split_cjk: bool = True
     # The tokenizer learns from every k-th training document, about this much text (MB);
     # packing always covers the whole corpus.
     train_sample_mb: int = 64

@@ -27,6 +27,10 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # GPT-2's one special token: it ends every document and stands in as bos, pad and unk. Its id
 # is the tokenizer's (0 in the one lmforge trains, 50256 in GPT-2's): always looked up.
 EOS = "<|endoftext|>"
+# With tokenize.split_cjk false, the longest run of CJK characters (between punctuation or
+# spaces) WordPiece splits into pieces; a longer one is one [UNK]. Matching is quadratic
+# in a word's length, so the bound is not unlimited.
+LONGEST_CJK_RUN = 2000
 # What each special token is to `transformers`, per model.arch.
 TOKEN_ROLES = {
     "bert": {
@@ -38,15 +42,25 @@ TOKEN_ROLES = {
 
 
 def train_tokenizer(
-    texts: Iterable[str], vocab_size: int, min_frequency: int, lowercase: bool, num_proc: int = 1
+    texts: Iterable[str],
+    vocab_size: int,
+    min_frequency: int,
+    lowercase: bool,
+    num_proc: int = 1,
+    split_cjk: bool = True,
 ) -> Tokenizer:
     """A BERT-style WordPiece tokenizer (normalizer, pre-tokenizer, [CLS]/[SEP] template).
 
+    `split_cjk` false keeps runs of CJK characters together as words (see
+    TokenizeConfig.split_cjk); such a run lasts up to the next punctuation or space, so
+    the longest word WordPiece reads rather than calls [UNK] is raised from 100 characters.
     The vocabulary is built by `lmforge.wordpiece` rather than `tokenizers`' WordPieceTrainer,
     whose ties fall in hash-map order: the same texts give the same bytes in every process.
     """
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
+    tokenizer.normalizer = normalizers.BertNormalizer(
+        lowercase=lowercase, strip_accents=lowercase, handle_chinese_chars=split_cjk
+    )
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece(prefix=PREFIX)
     vocab = build_vocab(
@@ -56,6 +70,7 @@ def train_tokenizer(
         {token: i for i, token in enumerate(vocab)},
         unk_token="[UNK]",
         continuing_subword_prefix=PREFIX,
+        max_input_chars_per_word=100 if split_cjk else LONGEST_CJK_RUN,
     )
     # As upstream training does: special tokens in text are matched whole, never split.
     tokenizer.add_special_tokens(SPECIAL_TOKENS)
@@ -97,11 +112,12 @@ def train_for(
     min_frequency: int,
     lowercase: bool,
     num_proc: int = 1,
+    split_cjk: bool = True,
 ) -> Tokenizer:
     """The tokenizer model.arch reads with: WordPiece for bert, byte-level BPE for gpt2."""
     if arch == "gpt2":
         return train_byte_bpe(texts, vocab_size, min_frequency)
-    return train_tokenizer(texts, vocab_size, min_frequency, lowercase, num_proc)
+    return train_tokenizer(texts, vocab_size, min_frequency, lowercase, num_proc, split_cjk)
 
 
 def save_tokenizer(
@@ -143,6 +159,7 @@ def run_tokenize(
     num_proc: int = 1,
     checkpoint_dir: Path | None = None,
     arch: str = "bert",
+    split_cjk: bool = True,
 ) -> dict:
     """Train on a sample of the train split (or take the checkpoint's tokenizer: its
     vocabulary is the weights'), save the tokenizer, pack both splits into blocks
@@ -159,7 +176,9 @@ def run_tokenize(
     with atomic_dir(tokenizer_dir) as tmp:
         if checkpoint_dir is None:
             sample = sample_documents(prepared_corpus["train"], train_sample_mb << 20)
-            tokenizer = train_for(arch, sample, vocab_size, min_frequency, lowercase, num_proc)
+            tokenizer = train_for(
+                arch, sample, vocab_size, min_frequency, lowercase, num_proc, split_cjk
+            )
             save_tokenizer(tokenizer, tmp, block_len, arch)
         else:
             tokenizer = save_tokenizer_of(checkpoint_dir, tmp, block_len, arch)
